@@ -1,0 +1,170 @@
+"""The convolutional autoencoder and its losses (model code only: no file or data I/O).
+
+Images are 3x64x64 in [0, 1]. The encoder halves the resolution four times with strided
+convolutions (64 -> 4) and maps the 4x4 feature map to the code with one linear layer; the
+decoder mirrors it. BatchNorm follows every hidden convolution, as in the paper's VGG/ResNet
+curves, so BatchNorm statistics along a curve have to be recomputed (see curves.update_bn).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from files import UserError
+
+IMAGE_SIZE = 64
+LOSSES = ("mse", "perceptual")
+
+
+def _down(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def _up(c_in: int, c_out: int) -> list[nn.Module]:
+    # Transposed convolutions (kernel 4, stride 2): the kernel is a multiple of the stride, so
+    # every output pixel gets the same number of taps (no checkerboard), and it is about half
+    # the cost of nearest-upsample + 3x3 conv at the same width.
+    return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class AutoEncoder(nn.Module):
+    """Conv autoencoder: 3x64x64 -> `latent_dim` -> 3x64x64; `width` is the first layer's channels."""
+
+    def __init__(self, latent_dim: int = 128, width: int = 32):
+        super().__init__()
+        if latent_dim < 1 or width < 1:
+            raise UserError(f"latent_dim and width must be >= 1, got {latent_dim} and {width}")
+        self.latent_dim, self.width = latent_dim, width
+        c = [width, 2 * width, 4 * width, 8 * width]
+        self.encoder = nn.Sequential(
+            *_down(3, c[0]), *_down(c[0], c[1]), *_down(c[1], c[2]), *_down(c[2], c[3]),
+            nn.Flatten(), nn.Linear(c[3] * 4 * 4, latent_dim))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, c[3] * 4 * 4), nn.Unflatten(1, (c[3], 4, 4)), nn.BatchNorm2d(c[3]), nn.ReLU(inplace=True),
+            *_up(c[3], c[2]), *_up(c[2], c[1]), *_up(c[1], c[0]),
+            nn.ConvTranspose2d(c[0], 3, 4, stride=2, padding=1), nn.Sigmoid())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def model_config(model: AutoEncoder) -> dict:
+    """The plain-data description needed to rebuild `model`."""
+    return {"arch": "conv-ae-v1", "latent_dim": model.latent_dim, "width": model.width}
+
+
+def build_model(config: dict) -> AutoEncoder:
+    """Rebuild an AutoEncoder from `model_config` output."""
+    if config.get("arch") != "conv-ae-v1":
+        raise UserError(f"unknown architecture {config.get('arch')!r}; this toolkit builds 'conv-ae-v1'")
+    return AutoEncoder(latent_dim=int(config["latent_dim"]), width=int(config["width"]))
+
+
+def mse(recon: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Mean squared error over pixels; reduction 'none' gives one value per image."""
+    per_image = (recon - target).pow(2).flatten(1).mean(1)
+    return per_image if reduction == "none" else per_image.mean()
+
+
+def psnr(mse_value: float) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    return float(10 * torch.log10(torch.tensor(1.0 / max(mse_value, 1e-12))))
+
+
+# VGG16 `features` indices of the ReLUs whose outputs the perceptual loss compares.
+VGG_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg16_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequential:
+    """VGG16's convolutional trunk with ImageNet weights ('imagenet'), a state-dict file (a path),
+    or a seeded random initialisation ('random', for offline runs only)."""
+    from torchvision.models import VGG16_Weights, vgg16
+
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return vgg16(weights=None).features
+    if weights == "imagenet":
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_Weights.IMAGENET1K_V1.url).name
+        try:
+            return vgg16(weights=VGG16_Weights.IMAGENET1K_V1).features
+        except Exception as e:
+            raise UserError(
+                f"could not get ImageNet VGG16 weights ({type(e).__name__}); offline, download "
+                f"{VGG16_Weights.IMAGENET1K_V1.url} elsewhere and put it at {cached}, or pass --vgg-weights PATH") from None
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"VGG16 weight file {path} does not exist; use --vgg-weights imagenet, random, or an existing .pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read VGG16 weights from {path}: {str(e).splitlines()[0][:150]}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model = vgg16(weights=None)
+    feature_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} if isinstance(state, dict) else {}
+    try:
+        model.features.load_state_dict(feature_state or state)
+    except Exception as e:
+        raise UserError(f"{path} is not a VGG16 state dict ({str(e).splitlines()[0][:120]}); save torchvision's vgg16().state_dict()") from None
+    return model.features
+
+
+class PerceptualLoss(nn.Module):
+    """Mean over `layers` of the mean squared distance between VGG16 feature maps of the
+    reconstruction and the target, after ImageNet normalisation. VGG is frozen, in eval mode, and
+    cut after the deepest layer used; target features are computed without gradient."""
+
+    def __init__(self, weights: str = "imagenet", layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3"), seed: int = 0):
+        super().__init__()
+        unknown = [name for name in layers if name not in VGG_LAYERS]
+        if unknown:
+            raise UserError(f"unknown VGG layer(s) {unknown}; choose from {list(VGG_LAYERS)}")
+        features = vgg16_features(weights, seed)
+        self.cut = sorted(VGG_LAYERS[name] for name in layers)
+        self.vgg = features[: self.cut[-1] + 1].eval()
+        for p in self.vgg.parameters():
+            p.requires_grad_(False)
+        self.weights_name = weights if weights in ("imagenet", "random") else f"file:{Path(weights).name}"
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        super().train(mode)
+        self.vgg.eval()  # VGG has no BatchNorm or dropout, but keep it frozen in eval mode regardless
+        return self
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out, x = [], (x - self.mean) / self.std
+        for i, layer in enumerate(self.vgg):
+            x = layer(x)
+            if i in self.cut:
+                out.append(x)
+        return out
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        with torch.no_grad():
+            target_features = self.features(target)
+        per_image = sum((a - b).pow(2).flatten(1).mean(1) for a, b in zip(self.features(recon), target_features))
+        per_image = per_image / len(target_features)
+        return per_image if reduction == "none" else per_image.mean()
+
+
+def make_loss(name: str, vgg_weights: str = "imagenet", seed: int = 0):
+    """The training loss by name: a callable (recon, target, reduction='mean') -> tensor."""
+    if name == "mse":
+        return mse
+    if name == "perceptual":
+        return PerceptualLoss(vgg_weights, seed=seed)
+    raise UserError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
