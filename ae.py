@@ -86,39 +86,57 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def vgg16_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequential:
-    """VGG16's convolutional trunk with ImageNet weights ('imagenet'), a state-dict file (a path),
-    or a seeded random initialisation ('random', for offline runs only)."""
-    from torchvision.models import VGG16_Weights, vgg16
+def _vgg16_trunk() -> nn.Sequential:
+    """VGG16's `features` module alone: building torchvision's whole VGG16 would also initialise
+    its 120M-parameter classifier, seconds of work that the loss never uses."""
+    from torchvision.models.vgg import cfgs, make_layers
 
+    return make_layers(cfgs["D"])
+
+
+def vgg16_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequential:
+    """VGG16's convolutional trunk with ImageNet weights ('imagenet', through torchvision's
+    weights API and torch's download cache), a state-dict file (a path), or a random
+    initialisation from a fixed seed ('random', for offline runs only: the same for every
+    endpoint, so all members of a loss group share one loss)."""
+    from torchvision.models import VGG16_Weights
+
+    features = _vgg16_trunk()
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return vgg16(weights=None).features
+            for m in features.modules():
+                if isinstance(m, nn.Conv2d):  # torchvision's VGG initialisation
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+        return features
     if weights == "imagenet":
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_Weights.IMAGENET1K_V1.url).name
+        url = VGG16_Weights.IMAGENET1K_V1.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         try:
-            return vgg16(weights=VGG16_Weights.IMAGENET1K_V1).features
+            state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
         except Exception as e:
-            raise UserError(
-                f"could not get ImageNet VGG16 weights ({type(e).__name__}); offline, download "
-                f"{VGG16_Weights.IMAGENET1K_V1.url} elsewhere and put it at {cached}, or pass --vgg-weights PATH") from None
-    path = Path(weights)
-    if not path.is_file():
-        raise UserError(f"VGG16 weight file {path} does not exist; use --vgg-weights imagenet, random, or an existing .pth file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read VGG16 weights from {path}: {str(e).splitlines()[0][:150]}") from None
-    if isinstance(state, dict) and "state_dict" in state:
+            raise UserError(f"could not get ImageNet VGG16 weights ({type(e).__name__}); offline, download {url} "
+                            f"elsewhere and put it at {cached}, or pass --vgg-weights PATH") from None
+        source = cached
+    else:
+        source = Path(weights)
+        if not source.is_file():
+            raise UserError(f"VGG16 weight file {source} does not exist; use --vgg-weights imagenet, random, or an existing .pth file")
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"cannot read VGG16 weights from {source}: {str(e).splitlines()[0][:150]}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    model = vgg16(weights=None)
-    feature_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} if isinstance(state, dict) else {}
+    if isinstance(state, dict) and any(str(k).startswith("features.") for k in state):
+        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     try:
-        model.features.load_state_dict(feature_state or state)
+        features.load_state_dict(state)
     except Exception as e:
-        raise UserError(f"{path} is not a VGG16 state dict ({str(e).splitlines()[0][:120]}); save torchvision's vgg16().state_dict()") from None
-    return model.features
+        raise UserError(f"{source} is not a VGG16 state dict ({str(e).splitlines()[0][:120]}); "
+                        f"save torchvision's vgg16().state_dict()") from None
+    return features
 
 
 class PerceptualLoss(nn.Module):
@@ -161,10 +179,10 @@ class PerceptualLoss(nn.Module):
         return per_image if reduction == "none" else per_image.mean()
 
 
-def make_loss(name: str, vgg_weights: str = "imagenet", seed: int = 0):
+def make_loss(name: str, vgg_weights: str = "imagenet"):
     """The training loss by name: a callable (recon, target, reduction='mean') -> tensor."""
     if name == "mse":
         return mse
     if name == "perceptual":
-        return PerceptualLoss(vgg_weights, seed=seed)
+        return PerceptualLoss(vgg_weights)
     raise UserError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -123,3 +123,48 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+AE_FORMAT = "aemc-ae-v1"
+CURVE_FORMAT = "aemc-curve-v1"
+
+
+def load_ae(path: str | os.PathLike):
+    """Load an endpoint written by train_ae.py: (AutoEncoder with its weights, checkpoint dict)."""
+    import ae  # imported here: ae.py uses this module's error types
+
+    ckpt = load_checkpoint(path, AE_FORMAT, ("state_dict", "config", "metrics"))
+    try:
+        model = ae.build_model(ckpt["config"]["model"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not hold a usable autoencoder ({_first_line(e)}); retrain it") from None
+    return model, ckpt
+
+
+def load_curve(path: str | os.PathLike, check_endpoints: bool = True):
+    """Load a curve written by fit_curve.py: (CurveNet with its bends, checkpoint dict). With
+    `check_endpoints`, refuse a curve whose endpoint files changed since the fit."""
+    import ae
+    import curves
+
+    ckpt = load_checkpoint(path, CURVE_FORMAT, ("state_dict", "config"))
+    try:
+        config = ckpt["config"]
+        net = curves.CurveNet(ae.build_model(config["model"]), config["curve"], int(config["num_bends"]))
+        net.load_state_dict(ckpt["state_dict"])
+        endpoints = list(config["endpoints"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not hold a usable curve ({_first_line(e)}); refit it with fit_curve.py") from None
+    if check_endpoints:
+        for end in endpoints:
+            end_path = Path(end["path"])
+            if end_path.exists() and file_sha256(end_path) != end["sha256"]:
+                raise CheckpointError(f"endpoint {end_path} changed since the curve {path} was fitted; "
+                                      f"refit the curve (or restore the endpoint)")
+    return net, ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:150]

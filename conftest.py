@@ -1,0 +1,23 @@
+"""Shared pytest fixtures: tiny synthetic data and quickly trained endpoints."""
+import pytest
+
+import train_ae
+
+
+def tiny_args(tmp, **overrides):
+    """Flags for a run that takes about a second: 64 synthetic images, a width-4 autoencoder."""
+    flags = {"--synthetic-size": 64, "--n-test": 32, "--width": 4, "--latent-dim": 8, "--batch-size": 16,
+             "--epochs": 1, "--cache-dir": str(tmp / "cache"), "--eval-batch-size": 64, **overrides}
+    return [str(x) for kv in flags.items() for x in kv]
+
+
+@pytest.fixture(scope="session")
+def endpoints(tmp_path_factory):
+    """Two MSE endpoints (seeds 0 and 1), trained for 3 epochs on tiny data: their paths."""
+    tmp = tmp_path_factory.mktemp("endpoints")
+    paths = []
+    for seed in (0, 1):
+        out = tmp / f"mse_s{seed}.pt"
+        train_ae.main(["--loss", "mse", "--seed", str(seed), "--out", str(out), *tiny_args(tmp, **{"--epochs": 3})])
+        paths.append(out)
+    return paths

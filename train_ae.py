@@ -1,0 +1,121 @@
+"""Train one autoencoder endpoint: `python train_ae.py --loss mse --seed 0`.
+
+Writes a checkpoint (state_dict + plain config + final metrics), a metrics JSON with the
+per-epoch history, and a PNG of test images over their reconstructions, all atomically. The
+same seed and flags on CPU give identical weights; `--resume` continues an interrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+import ae
+import cli
+import data
+import training
+from files import AE_FORMAT, atomic_write, ensure_dir, load_checkpoint, save_checkpoint, write_json
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--loss", default="mse", choices=ae.LOSSES, help="training loss")
+    p.add_argument("--seed", type=int, default=0, help="fixes initialisation and data order")
+    data.add_data_args(p)
+    p.add_argument("--epochs", type=cli.positive_int, default=10)
+    p.add_argument("--batch-size", type=cli.positive_int, default=128)
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--latent-dim", type=cli.positive_int, default=128, help="size of the bottleneck")
+    p.add_argument("--width", type=cli.positive_int, default=32, help="channels of the first conv layer (doubles 3 times)")
+    p.add_argument("--vgg-weights", default="imagenet",
+                   help="VGG16 weights for --loss perceptual: imagenet (torchvision cache or download), random (seeded, offline only), or a .pth file")
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
+    cli.add_device_arg(p)
+    p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{loss}_s{seed}.pt); .json and .png are written beside it")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
+    return p.parse_args(argv)
+
+
+def default_out(loss: str, seed: int) -> Path:
+    return Path("runs/ae") / f"{loss}_s{seed}.pt"
+
+
+def save_reconstructions(path: Path, model: torch.nn.Module, images: torch.Tensor, device: torch.device, n: int = 8) -> None:
+    """PNG: n test images (top row) over their reconstructions (bottom row)."""
+    x = images[:n].to(device).float().div(255)
+    model.eval()
+    with torch.inference_mode():
+        recon = model(x)
+    grid = make_grid(torch.cat([x, recon]).cpu(), nrow=len(x), padding=2)
+    atomic_write(path, lambda f: save_image(grid, f, format="png"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = cli.pick_device(args.device)
+    out = Path(args.out) if args.out else default_out(args.loss, args.seed)
+    ensure_dir(out.parent)
+    resume_file = training.resume_path(out)
+    if args.resume and out.exists() and not resume_file.exists():
+        print(f"{out} is already complete; nothing to resume")
+        return load_checkpoint(out, AE_FORMAT, ("metrics",))["metrics"]
+    data_cfg = data.data_config(args)
+    train_images = data.load_split(data_cfg, "train")
+    test_images = data.load_split(data_cfg, "test")
+
+    cli.seed_everything(args.seed)
+    model = ae.AutoEncoder(args.latent_dim, args.width).to(device, memory_format=torch.channels_last)
+    loss_fn = ae.make_loss(args.loss, args.vgg_weights)
+    if isinstance(loss_fn, torch.nn.Module):
+        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    run_config = {"model": ae.model_config(model), "loss": args.loss, "seed": args.seed, "data": data_cfg,
+                  "batch_size": args.batch_size, "lr": args.lr,
+                  "vgg_weights": loss_fn.weights_name if args.loss == "perceptual" else None}
+
+    start, history = 0, []
+    if args.resume and resume_file.exists():
+        start, history = training.load_resume(resume_file, model, optimizer, run_config)
+        print(f"resuming {out} after epoch {start}")
+    elif args.resume:
+        print(f"no {resume_file} to resume from; starting from scratch")
+    print(f"training {args.loss} autoencoder, seed {args.seed}: {len(train_images)} train / {len(test_images)} test images, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}"
+          + (f", VGG16 weights: {run_config['vgg_weights']}" if args.loss == "perceptual" else ""))
+    evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
+    for epoch in range(start, args.epochs):
+        t0 = time.time()
+        train_loss = training.train_epoch(model, train_images, loss_fn, optimizer, batch_size=args.batch_size,
+                                          generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch)
+        test = training.evaluate(model, test_images, **evaluate)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test["loss"], "test_mse": test["mse"],
+                        "seconds": time.time() - t0})
+        extra = f"  test mse {test['mse']:.5f}" if args.loss != "mse" else ""
+        print(f"epoch {epoch + 1}/{args.epochs}: train {args.loss} {train_loss:.5f}  test {args.loss} {test['loss']:.5f}{extra}  "
+              f"({time.time() - t0:.1f}s)", flush=True)
+        training.save_resume(resume_file, model, optimizer, epoch, history, run_config)
+
+    final_train = training.evaluate(model, train_images[: len(test_images)], **evaluate)
+    final_test = training.evaluate(model, test_images, **evaluate)
+    metrics = {"train_loss": final_train["loss"], "test_loss": final_test["loss"], "test_loss_se": final_test["loss_se"],
+               "test_mse": final_test["mse"], "test_mse_se": final_test["mse_se"], "test_psnr": final_test["psnr"],
+               "epochs": args.epochs, "history": history}
+    if args.loss == "perceptual":
+        metrics["test_perceptual"] = final_test["loss"]
+    model = model.to(memory_format=torch.contiguous_format)
+    config = {**run_config, "epochs": args.epochs}
+    # the checkpoint is written last: its presence means the run (and its JSON and PNG) is complete
+    save_reconstructions(out.with_suffix(".png"), model, test_images, device)
+    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": config, **metrics})
+    save_checkpoint(out, AE_FORMAT, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                                     "config": config, "metrics": metrics})
+    resume_file.unlink(missing_ok=True)
+    print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}: test {args.loss} {final_test['loss']:.5f}, "
+          f"test mse {final_test['mse']:.5f}, test psnr {final_test['psnr']:.2f} dB")
+    return metrics
+
+
+if __name__ == "__main__":
+    cli.run(main)

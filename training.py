@@ -1,0 +1,118 @@
+"""The loops that train and evaluate models, shared by train_ae.py and fit_curve.py: one epoch of
+training, evaluation with standard errors, and the resume state written after every epoch."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import ae
+from data import batches
+from files import CheckpointError, UserError, load_checkpoint, save_checkpoint
+
+RESUME_FORMAT = "aemc-resume-v1"
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random stream of one epoch (data order, and t for curves): a function of seed and epoch
+    alone, so a resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
+                batch_size: int, generator: torch.Generator, device: torch.device, epoch: int,
+                sample_t: bool = False, before_step: Callable[[int], None] | None = None,
+                memory_format=torch.channels_last, desc: str = "train") -> float:
+    """One pass over `images` in the generator's order; returns the mean training loss.
+
+    With `sample_t`, the model is a CurveNet and one t ~ U(0,1) is drawn per batch (the paper's
+    stochastic estimate of E_t L(phi(t))). A non-finite loss raises a UserError naming the step.
+    """
+    model.train()
+    total, count = 0.0, 0
+    steps = math.ceil(len(images) / batch_size)
+    bar = tqdm(batches(images, batch_size, shuffle=True, generator=generator, device=device, memory_format=memory_format),
+               total=steps, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=None, dynamic_ncols=True)
+    for step, x in enumerate(bar):
+        if before_step is not None:
+            before_step(step)
+        kwargs = {"t": torch.rand((), generator=generator).item()} if sample_t else {}
+        loss = loss_fn(model(x, **kwargs), x)
+        value = loss.item()
+        if not math.isfinite(value):
+            lr = optimizer.param_groups[0]["lr"]
+            raise UserError(f"training diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}; the learning "
+                            f"rate {lr:g} is too high for this data, try --lr {lr / 10:g} (last good epoch is kept)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += value * len(x)
+        count += len(x)
+        bar.set_postfix(loss=f"{value:.4g}")
+    return total / max(count, 1)
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean of a 1-d tensor."""
+    values = values.double()
+    se = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return values.mean().item(), se
+
+
+@torch.inference_mode()
+def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, batch_size: int, device: torch.device,
+                     t: float | None = None, memory_format=torch.channels_last) -> dict[str, torch.Tensor]:
+    """Per-image training loss and MSE of `model` (in eval mode) on `images`."""
+    was_training = model.training
+    model.eval()
+    kwargs = {} if t is None else {"t": t}
+    loss, sq = [], []
+    for x in batches(images, batch_size, device=device, memory_format=memory_format):
+        recon = model(x, **kwargs)
+        sq.append(ae.mse(recon, x, reduction="none").cpu())
+        if loss_fn is not ae.mse:
+            loss.append(loss_fn(recon, x, reduction="none").cpu())
+    model.train(was_training)
+    sq = torch.cat(sq)
+    return {"loss": torch.cat(loss) if loss else sq, "mse": sq}
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, loss_fn: Callable, **kwargs) -> dict[str, float]:
+    """Mean and standard error of the loss and the MSE, and the PSNR of the mean MSE."""
+    values = per_image_losses(model, images, loss_fn, **kwargs)
+    loss, loss_se = mean_and_se(values["loss"])
+    sq, sq_se = mean_and_se(values["mse"])
+    return {"loss": loss, "loss_se": loss_se, "mse": sq, "mse_se": sq_se, "psnr": ae.psnr(sq)}
+
+
+def resume_path(out: str | Path) -> Path:
+    """Where a run writing `out` keeps its per-epoch resume state."""
+    out = Path(out)
+    return out.with_name(out.stem + ".resume.pt")
+
+
+def save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list, config: dict) -> None:
+    """Everything needed to continue after `epoch` (0-based, completed) exactly, written atomically."""
+    save_checkpoint(path, RESUME_FORMAT, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        "history": history, "config": config, "rng": torch.get_rng_state()})
+
+
+def load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict) -> tuple[int, list]:
+    """Restore a resume state into `model` and `optimizer`; returns (next epoch, history)."""
+    state = load_checkpoint(path, RESUME_FORMAT, ("model", "optimizer", "epoch", "history", "config", "rng"))
+    if state["config"] != config:
+        changed = sorted(k for k in set(config) | set(state["config"]) if config.get(k) != state["config"].get(k))
+        raise UserError(f"{path} was started with different settings ({', '.join(changed)}); "
+                        f"rerun with the same flags, or without --resume to start over")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} does not match this model ({str(e).splitlines()[0][:120]}); delete it to start over") from None
+    return int(state["epoch"]) + 1, list(state["history"])
