@@ -1,0 +1,181 @@
+"""Evaluate a fitted curve against the straight segment: `python eval_curve.py --num_points 61`.
+
+For each of num_points values of t in [0, 1], on the curve and on the segment between the same
+endpoints: BatchNorm statistics recomputed at t, then train and test loss (the group's loss,
+and MSE) as mean +- standard error on fixed image subsets, and the weight-space length element.
+Writes an evaluation JSON (per-t values and per-path summaries with barrier heights), an npz of
+reconstructions of fixed test images, and PNG grids (rows = images, columns = t).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+import ae
+import cli
+import curves
+import data
+import training
+from fit_curve import CURVE_DIR, vgg_weights_for
+from files import UserError, atomic_write, file_sha256, load_curve, write_json
+
+EVAL_FORMAT = "aemc-eval-v1"
+METRICS = ("train_loss", "test_loss", "train_mse", "test_mse")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", default=None, help=f"curve checkpoint (default: the newest .pt in {CURVE_DIR}, the one fit_curve.py wrote last)")
+    p.add_argument("--num_points", "--num-points", dest="num_points", type=cli.at_least_two, default=61,
+                   help="number of evenly spaced t in [0, 1]")
+    p.add_argument("--images", type=cli.positive_int, default=4, help="fixed test images reconstructed along each path")
+    p.add_argument("--columns", type=cli.at_least_two, default=7, help="values of t shown in the reconstruction grids")
+    p.add_argument("--bn-images", type=cli.positive_int, default=2000, help="training images for the BatchNorm statistics at each t")
+    p.add_argument("--train-images", type=cli.positive_int, default=2000, help="training images for the train loss at each t")
+    p.add_argument("--test-images", type=cli.positive_int, default=2000, help="test images for the test loss at each t")
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
+    p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
+    data.add_data_args(p, inherit=True)
+    cli.add_device_arg(p)
+    p.add_argument("--out", default=None, help="evaluation JSON (default: beside the curve, <curve>.eval.json); npz and PNGs go beside it")
+    return p.parse_args(argv)
+
+
+def newest_curve() -> Path:
+    """The curve checkpoint fit_curve.py wrote last in its default folder."""
+    found = [p for p in CURVE_DIR.glob("*.pt") if not p.name.endswith(".resume.pt")]
+    if not found:
+        raise UserError(f"no curve checkpoint in {CURVE_DIR}; run fit_curve.py first or pass --ckpt")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def segment_of(net: curves.CurveNet) -> curves.CurveNet:
+    """The straight segment between the curve's two endpoints: the same machinery with 2 bends."""
+    segment = curves.CurveNet(net.template, "polychain", 2)
+    segment.import_endpoint(net.state_dict_at(0.0), 0)
+    segment.import_endpoint(net.state_dict_at(1.0), 1)
+    return segment
+
+
+def summarize(values: list[float], t: list[float], dl: list[float]) -> dict:
+    """Ends, min, max, mean, the length-weighted mean (trapezoids weighted by the length element,
+    as the reference evaluation does) and the barrier over the line between the end values."""
+    v, t = np.asarray(values, dtype=float), np.asarray(t, dtype=float)
+    dl = np.asarray(dl, dtype=float)
+    excess = v - ((1 - t) * v[0] + t * v[-1])
+    i = int(np.argmax(excess))
+    ends_mean = (v[0] + v[-1]) / 2
+    length = dl[1:].sum()
+    integral = float(np.sum(0.5 * (v[:-1] + v[1:]) * dl[1:]) / length) if length > 0 else float(v.mean())
+    return {"start": float(v[0]), "end": float(v[-1]), "min": float(v.min()), "max": float(v.max()),
+            "mean": float(v.mean()), "integral": integral, "barrier": float(excess[i]), "t_barrier": float(t[i]),
+            "barrier_rel": float(excess[i] / ends_mean) if ends_mean > 0 else math.nan}
+
+
+def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, loss_fn, *, bn_images: torch.Tensor,
+                  shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str) -> dict:
+    """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`."""
+    out = {name: [] for name in METRICS}
+    out.update({f"{name}_se": [] for name in METRICS})
+    out["dl"], recon, previous = [], [], None
+    net.eval()
+    for i, t in enumerate(tqdm(ts, desc=desc, leave=False, disable=None, dynamic_ncols=True)):
+        curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
+        for split, images in split_images.items():
+            stats = training.evaluate(net, images, loss_fn, batch_size=batch_size, device=device, t=t)
+            for name in ("loss", "mse"):
+                out[f"{split}_{name}"].append(stats[name])
+                out[f"{split}_{name}_se"].append(stats[f"{name}_se"])
+        weights = net.weights(t)
+        out["dl"].append(0.0 if previous is None else float((weights - previous).norm()))
+        previous = weights
+        if i in columns:
+            net.eval()
+            with torch.inference_mode():
+                recon.append(net(shown, t=t).cpu())
+    out["length"] = float(sum(out["dl"]))
+    out["summary"] = {name: summarize(out[name], ts, out["dl"]) for name in METRICS}
+    return out, torch.stack(recon)
+
+
+def save_grid(path: Path, recon: torch.Tensor) -> None:
+    """PNG grid of reconstructions [columns, images, 3, H, W]: one row per image, one column per t."""
+    grid = make_grid(recon.transpose(0, 1).reshape(-1, *recon.shape[2:]), nrow=recon.shape[0], padding=2, pad_value=1.0)
+    atomic_write(path, lambda f: save_image(grid, f, format="png"))
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['curve']} curve vs segment, {result['loss']} loss ({Path(result['curve_ckpt']).name}):")
+    print(f"{'path':8} {'metric':10} {'t=0':>9} {'t=1':>9} {'max':>9} {'mean':>9} {'integral':>9} {'barrier':>9} {'rel':>7}")
+    for path in ("curve", "segment"):
+        for name in ("train_loss", "test_loss"):
+            s = result["paths"][path]["summary"][name]
+            print(f"{path:8} {name:10} {s['start']:9.5f} {s['end']:9.5f} {s['max']:9.5f} {s['mean']:9.5f} "
+                  f"{s['integral']:9.5f} {s['barrier']:9.5f} {100 * s['barrier_rel']:6.1f}%")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = cli.pick_device(args.device)
+    ckpt_path = Path(args.ckpt) if args.ckpt else newest_curve()
+    if not args.ckpt:
+        print(f"evaluating {ckpt_path} (newest curve in {CURVE_DIR}; pass --ckpt to choose)")
+    net, ckpt = load_curve(ckpt_path)
+    config = ckpt["config"]
+    if args.columns > args.num_points:
+        raise UserError(f"--columns {args.columns} exceeds --num_points {args.num_points}; lower --columns")
+    out = Path(args.out) if args.out else ckpt_path.with_name(ckpt_path.stem + ".eval.json")
+    stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    data_cfg = data.data_config(args, base=config["data"])
+    train_images = data.load_split(data_cfg, "train")
+    test_images = data.load_split(data_cfg, "test")
+    loss_fn = ae.make_loss(config["loss"], vgg_weights_for(config, args.vgg_weights))
+    if isinstance(loss_fn, torch.nn.Module):
+        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    # Fixed subsets: the first images of each split (splits are already in a fixed random order).
+    split_images = {"train": train_images[: args.train_images], "test": test_images[: args.test_images]}
+    bn_images = train_images[: args.bn_images]
+    shown_u8 = test_images[: args.images]
+    shown = shown_u8.to(device).float().div(255).contiguous(memory_format=torch.channels_last)
+    ts = np.linspace(0.0, 1.0, args.num_points).tolist()
+    columns = sorted({int(round(i * (args.num_points - 1) / (args.columns - 1))) for i in range(args.columns)})
+
+    t0 = time.time()
+    result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
+              "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"],
+              "vgg_weights": config.get("vgg_weights"), "model": config["model"], "data": data_cfg,
+              "endpoints": [e["path"] for e in config["endpoints"]],
+              "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],
+              "settings": {"num_points": args.num_points, "bn_images": len(bn_images), "train_images": len(split_images["train"]),
+                           "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns)},
+              "t": ts, "columns_t": [ts[i] for i in columns], "paths": {}}
+    recon = {}
+    for name, path_net in (("curve", net), ("segment", segment_of(net))):
+        path_net = path_net.to(device, memory_format=torch.channels_last)
+        result["paths"][name], recon[name] = evaluate_path(
+            path_net, ts, split_images, loss_fn, bn_images=bn_images, shown=shown, columns=columns,
+            batch_size=args.eval_batch_size, device=device, desc=f"{name} ({args.num_points} points)")
+    result["seconds"] = time.time() - t0
+
+    to_u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731
+    npz, curve_png, segment_png = (out.with_name(f"{stem}.npz"), out.with_name(f"{stem}.curve.png"), out.with_name(f"{stem}.segment.png"))
+    atomic_write(npz, lambda f: np.savez_compressed(f, t=np.asarray(result["columns_t"]), originals=shown_u8.numpy(),
+                                                    curve=to_u8(recon["curve"]), segment=to_u8(recon["segment"])))
+    save_grid(curve_png, recon["curve"])
+    save_grid(segment_png, recon["segment"])
+    result["files"] = {"npz": npz.name, "curve_png": curve_png.name, "segment_png": segment_png.name}
+    write_json(out, result)  # last: its presence means the evaluation and its images are complete
+    print_table(result)
+    print(f"\nwrote {out}, {npz.name}, {curve_png.name}, {segment_png.name} ({result['seconds']:.0f}s)")
+    return result
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,152 @@
+"""Fit a curve between two endpoints: `python fit_curve.py --a ckpt1 --b ckpt2 --curve bezier`.
+
+The endpoints stay fixed; the middle bends start on the straight segment and are trained to
+minimise E_{t~U(0,1)} L(phi(t)), one t drawn per batch (Garipov et al. 2018). The loss, model
+and data come from the endpoints' checkpoints. Writes a curve checkpoint (all bends, the curve
+type, both endpoints' paths, hashes and configs) atomically; `--resume` continues a fit.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+import ae
+import cli
+import curves
+import data
+import training
+from files import CURVE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, save_checkpoint
+
+CURVE_DIR = Path("runs/curves")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--a", required=True, help="endpoint checkpoint at t=0 (written by train_ae.py)")
+    p.add_argument("--b", required=True, help="endpoint checkpoint at t=1, trained with the same loss and architecture")
+    p.add_argument("--curve", default="bezier", choices=curves.CURVES)
+    p.add_argument("--num-bends", type=cli.at_least_two, default=3, help="bends including both endpoints")
+    p.add_argument("--epochs", type=cli.positive_int, default=10)
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate of the free bends")
+    p.add_argument("--wd", type=cli.nonnegative_float, default=0.0, help="L2 weight decay on the free bends")
+    p.add_argument("--batch-size", type=cli.positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="fixes the data order and the t drawn per batch")
+    data.add_data_args(p, inherit=True)
+    p.add_argument("--vgg-weights", default=None,
+                   help="perceptual group only: the VGG16 weight file the endpoints were trained with, when they used one")
+    p.add_argument("--bn-images", type=cli.positive_int, default=2000,
+                   help="training images used to recompute BatchNorm statistics before each evaluation")
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
+    cli.add_device_arg(p)
+    p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last completed epoch")
+    return p.parse_args(argv)
+
+
+def default_out(a: str, b: str, curve: str) -> Path:
+    return CURVE_DIR / f"{Path(a).stem}-{Path(b).stem}-{curve}.pt"
+
+
+def check_compatible(config_a: dict, config_b: dict) -> None:
+    """Refuse endpoints that cannot be joined by one curve, naming what differs."""
+    for key, what in (("loss", "loss"), ("vgg_weights", "VGG16 weights of the perceptual loss")):
+        if config_a.get(key) != config_b.get(key):
+            raise UserError(f"endpoints were trained with different {what} ({config_a.get(key)} vs {config_b.get(key)}); "
+                            f"connect two endpoints of the same loss group")
+    for key in ("arch", "latent_dim", "width"):
+        if config_a["model"].get(key) != config_b["model"].get(key):
+            raise UserError(f"endpoints have different {key.replace('_', ' ')} ({config_a['model'].get(key)} vs "
+                            f"{config_b['model'].get(key)}); train both with the same --latent-dim and --width")
+
+
+def vgg_weights_for(config: dict, path: str | None) -> str:
+    """The --vgg-weights value that rebuilds an endpoint's perceptual loss ('imagenet', 'random' or a file)."""
+    name = config.get("vgg_weights") or "imagenet"
+    if not name.startswith("file:"):
+        return name
+    if path is None or Path(path).name != name[len("file:"):]:
+        raise UserError(f"the endpoints' perceptual loss used the VGG16 weight file {name[5:]}; pass it again with --vgg-weights PATH")
+    return path
+
+
+def build_curve(model_a: ae.AutoEncoder, model_b: ae.AutoEncoder, curve: str, num_bends: int) -> curves.CurveNet:
+    """A CurveNet with A at t=0 (and A's BatchNorm buffers), B at t=1, middle bends on the segment."""
+    net = curves.CurveNet(ae.build_model(ae.model_config(model_a)), curve, num_bends)
+    net.import_endpoint(model_a.state_dict(), 0, buffers=True)
+    net.import_endpoint(model_b.state_dict(), num_bends - 1)
+    net.init_linear()
+    return net
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = cli.pick_device(args.device)
+    model_a, ckpt_a = load_ae(args.a)
+    model_b, ckpt_b = load_ae(args.b)
+    if Path(args.a).resolve() == Path(args.b).resolve():
+        raise UserError("--a and --b are the same file; a curve needs two different endpoints")
+    cfg_a, cfg_b = ckpt_a["config"], ckpt_b["config"]
+    check_compatible(cfg_a, cfg_b)
+    data_cfg = data.data_config(args, base=cfg_a.get("data"))
+    if cfg_a.get("data") != cfg_b.get("data"):
+        print("warning: the endpoints were trained on different data settings; using those of --a unless flags say otherwise")
+    out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve)
+    ensure_dir(out.parent)
+    resume_file = training.resume_path(out)
+
+    train_images = data.load_split(data_cfg, "train")
+    test_images = data.load_split(data_cfg, "test")
+    bn_images = train_images[: args.bn_images]
+    cli.seed_everything(args.seed)
+    loss_fn = ae.make_loss(cfg_a["loss"], vgg_weights_for(cfg_a, args.vgg_weights))
+    if isinstance(loss_fn, torch.nn.Module):
+        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    net = build_curve(model_a, model_b, args.curve, args.num_bends).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.free_parameters(), lr=args.lr, weight_decay=args.wd)
+    endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in ((args.a, cfg_a), (args.b, cfg_b))]
+    run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
+                  "vgg_weights": cfg_a.get("vgg_weights"), "data": data_cfg, "endpoints": endpoints,
+                  "lr": args.lr, "wd": args.wd, "batch_size": args.batch_size, "seed": args.seed}
+
+    start, history = 0, []
+    if args.resume and resume_file.exists():
+        start, history = training.load_resume(resume_file, net, optimizer, run_config)
+        print(f"resuming {out} after epoch {start}")
+    elif args.resume and out.exists():
+        print(f"{out} is already complete; nothing to resume")
+        return {}
+    evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
+
+    def middle_test_loss() -> float:
+        curves.update_bn(net, data.batches(bn_images, args.eval_batch_size, device=device, memory_format=torch.channels_last), t=0.5)
+        return training.evaluate(net, test_images, t=0.5, **evaluate)["loss"]
+
+    print(f"fitting a {args.curve} curve with {args.num_bends} bends between {args.a} and {args.b} "
+          f"({cfg_a['loss']} loss, {len(train_images)} train images, device {device})")
+    if start == 0:
+        history.append({"epoch": 0, "train_loss": None, "test_loss_t05": middle_test_loss(), "seconds": 0.0})
+        print(f"epoch 0 (linear initialisation): test {cfg_a['loss']} at t=0.5 {history[0]['test_loss_t05']:.5f}")
+    for epoch in range(start, args.epochs):
+        t0 = time.time()
+        train_loss = training.train_epoch(net, train_images, loss_fn, optimizer, batch_size=args.batch_size,
+                                          generator=training.epoch_generator(args.seed, epoch), device=device,
+                                          epoch=epoch, sample_t=True, desc="curve")
+        mid = middle_test_loss()
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
+        print(f"epoch {epoch + 1}/{args.epochs}: train E_t {cfg_a['loss']} {train_loss:.5f}  test {cfg_a['loss']} at t=0.5 {mid:.5f}  "
+              f"({time.time() - t0:.1f}s)", flush=True)
+        training.save_resume(resume_file, net, optimizer, epoch, history, run_config)
+
+    net = net.to(memory_format=torch.contiguous_format)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_checkpoint(out, CURVE_FORMAT, {"state_dict": state, "config": {**run_config, "epochs": args.epochs}, "history": history})
+    resume_file.unlink(missing_ok=True)
+    print(f"wrote {out}")
+    return {"out": str(out), "history": history}
+
+
+if __name__ == "__main__":
+    cli.run(main)

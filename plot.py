@@ -1,0 +1,150 @@
+"""Draw evaluation files: `python plot.py [runs/curves/*.eval.json]`.
+
+Per loss group and curve type, the paper's Figure 2 (a) train loss and (b) test loss against t
+for every pair, curve (solid) and segment (dashed), endpoints marked; one such figure per pair
+too; and per pair an image strip: the original test images, then their reconstructions along
+the curve and along the segment, t labelled.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import cli  # noqa: E402
+from files import UserError, save_figure  # noqa: E402
+
+EVAL_FORMAT = "aemc-eval-v1"
+LOSS_NAMES = {"mse": "MSE", "perceptual": "perceptual loss (VGG16)"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("evals", nargs="*", help="evaluation JSON files from eval_curve.py (default: runs/curves/*.eval.json)")
+    p.add_argument("--out", default="runs/figures", help="folder for the figures")
+    p.add_argument("--log", action="store_true", help="log scale for the loss axes")
+    p.add_argument("--se", action="store_true", help="shade +- one standard error of each loss (over images)")
+    p.add_argument("--format", default="png", choices=["png", "pdf"], help="file format of the loss figures and strips")
+    return p.parse_args(argv)
+
+
+def read_eval(path: str | Path) -> dict:
+    """Read an evaluation JSON written by eval_curve.py, refusing anything else."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"evaluation file {path} does not exist; run eval_curve.py first") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read evaluation file {path}: {e}; rerun eval_curve.py") from None
+    if not isinstance(result, dict) or result.get("format") != EVAL_FORMAT:
+        raise UserError(f"{path} is not an evaluation file of eval_curve.py (format {EVAL_FORMAT})")
+    result["_path"] = str(path)
+    return result
+
+
+def pair_label(result: dict) -> str:
+    seeds = result.get("endpoint_seeds") or [None, None]
+    if None in seeds:
+        return " – ".join(Path(p).stem for p in result["endpoints"])
+    return f"seeds {seeds[0]}–{seeds[1]}"
+
+
+def group_key(result: dict) -> str:
+    return f"{result['loss']}_{result['curve']}"
+
+
+def draw_losses(results: list[dict], title: str, log: bool = False, se: bool = False):
+    """Figure 2 (a, b): train and test loss vs t; curve solid, segment dashed, endpoints as dots."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    loss_name = LOSS_NAMES.get(results[0]["loss"], results[0]["loss"])
+    for ax, split, letter in zip(axes, ("train", "test"), "ab"):
+        for i, result in enumerate(results):
+            t, color = np.asarray(result["t"]), colors[i % len(colors)]
+            for path, style in (("curve", "-"), ("segment", "--")):
+                values = np.asarray(result["paths"][path][f"{split}_loss"])
+                ax.plot(t, values, style, color=color, lw=1.8,
+                        label=f"{pair_label(result)}: {result['curve'] if path == 'curve' else 'segment'}")
+                if se:
+                    err = np.asarray(result["paths"][path][f"{split}_loss_se"])
+                    ax.fill_between(t, values - err, values + err, color=color, alpha=0.12, lw=0)
+                ax.plot([t[0], t[-1]], [values[0], values[-1]], "o", color=color, ms=6)
+        ax.set_xlabel("t")
+        ax.set_ylabel(f"{split} {loss_name}")
+        ax.set_title(f"({letter}) {split}")
+        ax.set_xlim(0, 1)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def draw_strip(result: dict, npz: dict):
+    """Originals, then reconstructions along the curve and along the segment (rows = images)."""
+    t = npz["t"]
+    fig, axes = plt.subplots(1, 3, figsize=(2 + 2 * len(t), 0.9 * len(npz["originals"]) + 1.2),
+                             gridspec_kw={"width_ratios": [1, len(t), len(t)]})
+    for ax, key, title in zip(axes, ("originals", "curve", "segment"), ("original", f"along the {result['curve']} curve", "along the segment")):
+        images = npz[key] if key == "originals" else np.swapaxes(npz[key], 0, 1)  # -> [images, columns, ...]
+        images = images[:, None] if key == "originals" else images
+        rows = [np.concatenate(list(row.transpose(0, 2, 3, 1)), axis=1) for row in images]
+        ax.imshow(np.concatenate(rows, axis=0))
+        ax.set_title(title, fontsize=10)
+        ax.set_yticks([])
+        size = images.shape[-1]
+        if key == "originals":
+            ax.set_xticks([])
+        else:
+            ax.set_xticks([(i + 0.5) * size for i in range(len(t))], [f"t={v:.2f}" for v in t], fontsize=8)
+    fig.suptitle(f"{pair_label(result)}, {result['loss']} group", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    paths = args.evals or sorted(str(p) for p in Path("runs/curves").glob("*.eval.json"))
+    if not paths:
+        raise UserError("no evaluation files given or found in runs/curves; run eval_curve.py first")
+    results = [read_eval(p) for p in paths]
+    out = Path(args.out)
+    written = []
+    groups = defaultdict(list)
+    for result in results:
+        groups[group_key(result)].append(result)
+    for key, members in sorted(groups.items()):
+        fig = draw_losses(members, f"{members[0]['loss']} autoencoders: {members[0]['curve']} curves vs segments", args.log, args.se)
+        written.append(save_figure(fig, out / f"fig2_{key}.{args.format}", dpi=130))
+        plt.close(fig)
+    for result in results:
+        stem = Path(result["_path"]).name.removesuffix(".eval.json")
+        fig = draw_losses([result], f"{pair_label(result)}, {result['loss']}: {result['curve']} curve vs segment", args.log, args.se)
+        written.append(save_figure(fig, out / f"pair_{stem}.{args.format}", dpi=130))
+        plt.close(fig)
+        npz_path = Path(result["_path"]).with_name(result["files"]["npz"])
+        try:
+            with np.load(npz_path, allow_pickle=False) as f:
+                npz = {k: f[k] for k in ("t", "originals", "curve", "segment")}
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"cannot read reconstructions {npz_path}: {e}; rerun eval_curve.py") from None
+        fig = draw_strip(result, npz)
+        written.append(save_figure(fig, out / f"strip_{stem}.{args.format}", dpi=110))
+        plt.close(fig)
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,140 @@
+"""Tests of connecting endpoints: fit_curve.py, eval_curve.py and plot.py."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import ae
+import curves
+import data
+import eval_curve
+import fit_curve
+import plot
+import train_ae
+import training
+from conftest import tiny_args
+from files import UserError, load_ae, load_checkpoint, save_checkpoint, load_curve
+
+HERE = Path(__file__).parent
+EVAL_FLAGS = ["--num_points", "5", "--columns", "3", "--bn-images", "40", "--train-images", "40", "--test-images", "12"]
+
+
+@pytest.fixture(scope="module")
+def fitted(endpoints, tmp_path_factory):
+    """A Bezier curve fitted for 3 epochs between the two endpoints, and its evaluation."""
+    tmp = tmp_path_factory.mktemp("curve")
+    out = tmp / "curve.pt"
+    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--curve", "bezier", "--epochs", "3",
+                    "--lr", "3e-3", "--batch-size", "16", "--bn-images", "40", "--out", str(out)])
+    result = eval_curve.main(["--ckpt", str(out), *EVAL_FLAGS])
+    return out, result
+
+
+def test_fit_writes_a_curve_checkpoint_with_its_endpoints(fitted, endpoints):
+    out, _ = fitted
+    net, ckpt = load_curve(out)
+    assert ckpt["config"]["curve"] == "bezier" and ckpt["config"]["num_bends"] == 3
+    assert [e["path"] for e in ckpt["config"]["endpoints"]] == [str(p) for p in endpoints]
+    a, b = load_ae(endpoints[0])[0], load_ae(endpoints[1])[0]
+    flat = lambda m: torch.cat([p.reshape(-1) for p in m.parameters()])  # noqa: E731
+    assert torch.equal(net.weights(0.0), flat(a)) and torch.equal(net.weights(1.0), flat(b))
+    assert len(ckpt["history"]) == 4  # the linear initialisation, then 3 epochs
+
+
+def test_evaluation_has_every_point_for_both_paths(fitted):
+    _, result = fitted
+    assert result["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    for path in ("curve", "segment"):
+        for name in ("train_loss", "test_loss", "train_mse", "test_mse", "train_loss_se", "dl"):
+            assert len(result["paths"][path][name]) == 5, (path, name)
+        assert result["paths"][path]["dl"][0] == 0 and all(d > 0 for d in result["paths"][path]["dl"][1:])
+
+
+def test_segment_ends_are_the_endpoints_own_losses(fitted, endpoints):
+    out, result = fitted
+    config = load_curve(out)[1]["config"]
+    train_images = data.load_split(config["data"], "train")
+    test_images = data.load_split(config["data"], "test")
+    for index, t in ((0, 0.0), (1, 1.0)):
+        model = load_ae(endpoints[index])[0]
+        curves.update_bn(model, data.batches(train_images[:40], 500))
+        for split, images in (("train", train_images[:40]), ("test", test_images[:12])):
+            own = training.evaluate(model, images, ae.mse, batch_size=500, device=torch.device("cpu"))
+            position = result["t"].index(t)
+            assert result["paths"]["segment"][f"{split}_loss"][position] == pytest.approx(own["loss"], rel=1e-5)
+            assert result["paths"]["curve"][f"{split}_loss"][position] == pytest.approx(own["loss"], rel=1e-5)
+
+
+def test_fitted_curve_beats_its_linear_initialisation(fitted):
+    # a linearly initialised Bezier curve is the segment, so the segment is the curve before fitting
+    _, result = fitted
+    curve, segment = result["paths"]["curve"]["summary"], result["paths"]["segment"]["summary"]
+    assert curve["train_loss"]["mean"] < segment["train_loss"]["mean"]
+
+
+def test_barrier_summary_is_consistent(fitted):
+    _, result = fitted
+    for path in ("curve", "segment"):
+        values, s = result["paths"][path]["test_loss"], result["paths"][path]["summary"]["test_loss"]
+        assert s["max"] == max(values) and s["start"] == values[0] and s["end"] == values[-1]
+        assert s["barrier"] >= 0 and s["barrier_rel"] == pytest.approx(s["barrier"] / ((values[0] + values[-1]) / 2))
+
+
+def test_summary_barrier_of_a_known_profile():
+    s = eval_curve.summarize([1.0, 3.0, 2.0], [0.0, 0.5, 1.0], [0.0, 1.0, 1.0])
+    assert s["barrier"] == pytest.approx(1.5) and s["t_barrier"] == 0.5  # 3 - (1 + 2) / 2
+    assert s["barrier_rel"] == pytest.approx(1.0) and s["integral"] == pytest.approx(2.25)
+
+
+def test_grids_and_plots_are_pngs_of_the_expected_size(fitted, tmp_path):
+    out, result = fitted
+    eval_json = out.with_name("curve.eval.json")
+    for name in ("curve_png", "segment_png"):
+        with Image.open(eval_json.with_name(result["files"][name])) as png:
+            assert png.format == "PNG" and png.size == (3 * 66 + 2, 4 * 66 + 2)  # 3 values of t, 4 images
+    written = plot.main([str(eval_json), "--out", str(tmp_path / "fig")])
+    names = sorted(p.name for p in written)
+    assert names == ["fig2_mse_bezier.png", "pair_curve.png", "strip_curve.png"]
+    for path in written:
+        with Image.open(path) as png:
+            assert png.format == "PNG" and png.size[0] > 400 and png.size[1] > 200
+    assert [p.suffix for p in plot.main([str(eval_json), "--out", str(tmp_path / "pdf"), "--format", "pdf"])] == [".pdf"] * 3
+
+
+def test_mismatched_endpoints_are_refused(endpoints, tmp_path):
+    other = tmp_path / "wide.pt"
+    train_ae.main(["--seed", "2", "--out", str(other), *tiny_args(tmp_path, **{"--width": 6})])
+    with pytest.raises(UserError, match="different width"):
+        fit_curve.main(["--a", str(endpoints[0]), "--b", str(other), "--out", str(tmp_path / "c.pt")])
+    ckpt = load_checkpoint(endpoints[1], "aemc-ae-v1")
+    ckpt["config"]["loss"] = "perceptual"
+    relabelled = tmp_path / "perceptual.pt"
+    save_checkpoint(relabelled, "aemc-ae-v1", {k: v for k, v in ckpt.items() if k != "format"})
+    with pytest.raises(UserError, match="different loss"):
+        fit_curve.main(["--a", str(endpoints[0]), "--b", str(relabelled), "--out", str(tmp_path / "c.pt")])
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_cli_error_is_one_line_and_nonzero(endpoints, tmp_path):
+    run = subprocess.run([sys.executable, str(HERE / "fit_curve.py"), "--a", str(endpoints[0]), "--b", str(tmp_path / "missing.pt")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0 and "does not exist" in run.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_eval_refuses_a_curve_whose_endpoint_changed(fitted, endpoints, tmp_path):
+    out, _ = fitted
+    copy_a, copy_b = tmp_path / "a.pt", tmp_path / "b.pt"
+    copy_a.write_bytes(endpoints[0].read_bytes()), copy_b.write_bytes(endpoints[1].read_bytes())
+    curve = tmp_path / "c.pt"
+    fit_curve.main(["--a", str(copy_a), "--b", str(copy_b), "--epochs", "1", "--batch-size", "32", "--bn-images", "16", "--out", str(curve)])
+    save_checkpoint(copy_b, "aemc-ae-v1", {**{k: v for k, v in load_checkpoint(copy_b, "aemc-ae-v1").items() if k != "format"},
+                                           "metrics": {"changed": True}})
+    with pytest.raises(UserError, match="changed since"):
+        eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS])
+    assert not curve.with_name("c.eval.json").exists()
