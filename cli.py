@@ -12,6 +12,26 @@ import torch
 from files import UserError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parser(doc: str) -> ArgumentParser:
+    """A parser whose description is the script docstring's first line, showing defaults in --help."""
+    return ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a float t in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"t must be in [0, 1], got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     value = int(text)

@@ -24,23 +24,26 @@ import curves
 import data
 import training
 from fit_curve import CURVE_DIR, vgg_weights_for
-from files import UserError, atomic_write, file_sha256, load_curve, write_json
+from files import UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
 
 EVAL_FORMAT = "aemc-eval-v1"
 METRICS = ("train_loss", "test_loss", "train_mse", "test_mse")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--ckpt", default=None, help=f"curve checkpoint (default: the newest .pt in {CURVE_DIR}, the one fit_curve.py wrote last)")
     p.add_argument("--num_points", "--num-points", dest="num_points", type=cli.at_least_two, default=61,
                    help="number of evenly spaced t in [0, 1]")
     p.add_argument("--images", type=cli.positive_int, default=4, help="fixed test images reconstructed along each path")
-    p.add_argument("--columns", type=cli.at_least_two, default=7, help="values of t shown in the reconstruction grids")
+    p.add_argument("--columns", type=cli.at_least_two, default=None,
+                   help="values of t shown in the reconstruction grids (default: 7, or num_points if fewer)")
     p.add_argument("--bn-images", type=cli.positive_int, default=2000, help="training images for the BatchNorm statistics at each t")
     p.add_argument("--train-images", type=cli.positive_int, default=2000, help="training images for the train loss at each t")
     p.add_argument("--test-images", type=cli.positive_int, default=2000, help="test images for the test loss at each t")
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
+    p.add_argument("--save-t", type=cli.unit_float, nargs="+", default=[], metavar="T",
+                   help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
     data.add_data_args(p, inherit=True)
     cli.add_device_arg(p)
@@ -105,6 +108,15 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
     return out, torch.stack(recon)
 
 
+def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,
+               device: torch.device) -> Path:
+    """Save phi(t), with BatchNorm statistics recomputed at t, as an autoencoder checkpoint."""
+    curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
+    endpoint = config["endpoints"][0]["config"]
+    point_config = {**endpoint, "seed": None, "curve_point": {"curve": config["curve"], "t": t, "endpoints": [e["path"] for e in config["endpoints"]]}}
+    return save_ae(path, net.export(t), point_config, {"t": t})
+
+
 def save_grid(path: Path, recon: torch.Tensor) -> None:
     """PNG grid of reconstructions [columns, images, 3, H, W]: one row per image, one column per t."""
     grid = make_grid(recon.transpose(0, 1).reshape(-1, *recon.shape[2:]), nrow=recon.shape[0], padding=2, pad_value=1.0)
@@ -129,10 +141,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"evaluating {ckpt_path} (newest curve in {CURVE_DIR}; pass --ckpt to choose)")
     net, ckpt = load_curve(ckpt_path)
     config = ckpt["config"]
+    if args.columns is None:
+        args.columns = min(7, args.num_points)
     if args.columns > args.num_points:
         raise UserError(f"--columns {args.columns} exceeds --num_points {args.num_points}; lower --columns")
     out = Path(args.out) if args.out else ckpt_path.with_name(ckpt_path.stem + ".eval.json")
     stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    ensure_dir(out.parent)
     data_cfg = data.data_config(args, base=config["data"])
     train_images = data.load_split(data_cfg, "train")
     test_images = data.load_split(data_cfg, "test")
@@ -170,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                     curve=to_u8(recon["curve"]), segment=to_u8(recon["segment"])))
     save_grid(curve_png, recon["curve"])
     save_grid(segment_png, recon["segment"])
-    result["files"] = {"npz": npz.name, "curve_png": curve_png.name, "segment_png": segment_png.name}
+    result["files"] = {"npz": npz.name, "curve_png": curve_png.name, "segment_png": segment_png.name,
+                       "points": [save_point(net, t, out.with_name(f"{stem}.t{t:.3f}.pt"), config, bn_images, args.eval_batch_size,
+                                             device).name for t in args.save_t]}
     write_json(out, result)  # last: its presence means the evaluation and its images are complete
     print_table(result)
     print(f"\nwrote {out}, {npz.name}, {curve_png.name}, {segment_png.name} ({result['seconds']:.0f}s)")

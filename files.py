@@ -129,6 +129,12 @@ AE_FORMAT = "aemc-ae-v1"
 CURVE_FORMAT = "aemc-curve-v1"
 
 
+def save_ae(path: str | os.PathLike, model, config: dict, metrics: dict) -> Path:
+    """Write an autoencoder checkpoint (CPU state_dict + plain config + metrics) atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_checkpoint(path, AE_FORMAT, {"state_dict": state, "config": config, "metrics": metrics})
+
+
 def load_ae(path: str | os.PathLike):
     """Load an endpoint written by train_ae.py: (AutoEncoder with its weights, checkpoint dict)."""
     import ae  # imported here: ae.py uses this module's error types

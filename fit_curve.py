@@ -24,7 +24,7 @@ CURVE_DIR = Path("runs/curves")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--a", required=True, help="endpoint checkpoint at t=0 (written by train_ae.py)")
     p.add_argument("--b", required=True, help="endpoint checkpoint at t=1, trained with the same loss and architecture")
     p.add_argument("--curve", default="bezier", choices=curves.CURVES)

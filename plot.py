@@ -19,14 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cli  # noqa: E402
-from files import UserError, save_figure  # noqa: E402
+from files import UserError, ensure_dir, save_figure  # noqa: E402
 
 EVAL_FORMAT = "aemc-eval-v1"
 LOSS_NAMES = {"mse": "MSE", "perceptual": "perceptual loss (VGG16)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("evals", nargs="*", help="evaluation JSON files from eval_curve.py (default: runs/curves/*.eval.json)")
     p.add_argument("--out", default="runs/figures", help="folder for the figures")
     p.add_argument("--log", action="store_true", help="log scale for the loss axes")
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if not paths:
         raise UserError("no evaluation files given or found in runs/curves; run eval_curve.py first")
     results = [read_eval(p) for p in paths]
-    out = Path(args.out)
+    out = ensure_dir(args.out)
     written = []
     groups = defaultdict(list)
     for result in results:

@@ -17,10 +17,10 @@ import ae
 import cli
 import data
 import training
-from files import AE_FORMAT, atomic_write, ensure_dir, load_checkpoint, save_checkpoint, write_json
+from files import AE_FORMAT, atomic_write, ensure_dir, load_checkpoint, save_ae, write_json
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--loss", default="mse", choices=ae.LOSSES, help="training loss")
     p.add_argument("--seed", type=int, default=0, help="fixes initialisation and data order")
     data.add_data_args(p)
@@ -104,13 +104,11 @@ def main(argv: list[str] | None = None) -> dict:
                "epochs": args.epochs, "history": history}
     if args.loss == "perceptual":
         metrics["test_perceptual"] = final_test["loss"]
-    model = model.to(memory_format=torch.contiguous_format)
     config = {**run_config, "epochs": args.epochs}
     # the checkpoint is written last: its presence means the run (and its JSON and PNG) is complete
     save_reconstructions(out.with_suffix(".png"), model, test_images, device)
     write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": config, **metrics})
-    save_checkpoint(out, AE_FORMAT, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                                     "config": config, "metrics": metrics})
+    save_ae(out, model, config, metrics)
     resume_file.unlink(missing_ok=True)
     print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}: test {args.loss} {final_test['loss']:.5f}, "
           f"test mse {final_test['mse']:.5f}, test psnr {final_test['psnr']:.2f} dB")

@@ -1,0 +1,329 @@
+"""Write a study's Markdown report: `python report.py --study runs/study`.
+
+Reads only the files run_study.py left in the study folder (study.json, the endpoints' metrics
+JSONs, the curve evaluations and the figures; model code only to count parameters) and writes
+the set-up, the endpoint and curve tables, the figures, and an answer generated from the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from urllib.parse import quote
+
+import ae
+import cli
+from files import CURVE_FORMAT, UserError, load_checkpoint, write_text
+from plot import pair_label, read_eval
+
+# A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.
+CURVE_EXCESS = 0.10
+# A segment has a barrier if its relative test barrier exceeds this and is this many times the curve's.
+SEGMENT_BARRIER = 0.10
+SEGMENT_OVER_CURVE = 2.0
+
+# The verdict categories' headlines, as the report states them.
+HEADLINES = {
+    "yes": "yes: connected by low-loss curves although the straight segment is not",
+    "mixed": "yes: connected by low-loss curves; the straight segment has a barrier for only some pairs",
+    "linear": "yes, and even the straight segment is low-loss (linear mode connectivity; the curve adds little)",
+    "partly": "partly: only some of the fitted curves are low-loss paths",
+    "no": "no: the fitted curves are not low-loss paths",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--study", required=True, help="study folder written by run_study.py")
+    p.add_argument("--out", default=None, help="report file (default: <study>/report.md)")
+    return p.parse_args(argv)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def read_json(path: Path, step: str) -> dict:
+    """A JSON file of the study, or a UserError naming the step that writes it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; run {step} first") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}; rerun {step}") from None
+
+
+def load_study(study_dir: Path) -> dict:
+    """study.json, the endpoints' metrics and the curve evaluations, sorted by group and pair."""
+    study = read_json(study_dir / "study.json", "run_study.py")
+    endpoint_files = sorted((study_dir / "ae").glob("*.json"))
+    if not endpoint_files:
+        raise UserError(f"no endpoint metrics (ae/*.json) in {study_dir}; run the train steps (run_study.py or train_ae.py)")
+    endpoints = [{**read_json(p, "train_ae.py"), "_path": str(p)} for p in endpoint_files]
+    for m in endpoints:
+        if not isinstance(m.get("config"), dict) or "test_loss" not in m:
+            raise UserError(f"{m['_path']} is not an endpoint metrics file of train_ae.py; retrain that endpoint")
+    eval_files = sorted((study_dir / "curves").glob("*.eval.json"))
+    if not eval_files:
+        raise UserError(f"no curve evaluations (curves/*.eval.json) in {study_dir}; run the eval steps (run_study.py or eval_curve.py)")
+    evals = [read_eval(p) for p in eval_files]
+    endpoints.sort(key=lambda m: (group_order(m["config"]["loss"]), m["config"].get("seed", 0)))
+    evals.sort(key=lambda e: (group_order(e["loss"]), stem(e)))
+    return {"study": study, "endpoints": endpoints, "evals": evals}
+
+
+def group_order(loss: str) -> tuple:
+    return (ae.LOSSES.index(loss) if loss in ae.LOSSES else len(ae.LOSSES), loss)
+
+
+def by_group(evals: list[dict]) -> dict[str, list[dict]]:
+    """Evaluations by loss group, groups in the order of ae.LOSSES."""
+    groups = defaultdict(list)
+    for e in sorted(evals, key=lambda e: group_order(e["loss"])):
+        groups[e["loss"]].append(e)
+    return dict(groups)
+
+
+def stem(result: dict) -> str:
+    return Path(result["_path"]).name.removesuffix(".eval.json")
+
+
+# ---------------------------------------------------------------- the verdict
+
+def pair_numbers(result: dict) -> dict:
+    """One pair's test-loss numbers: curve excess over the worse endpoint, barriers, and the two tests."""
+    curve = result["paths"]["curve"]["summary"]["test_loss"]
+    segment = result["paths"]["segment"]["summary"]["test_loss"]
+    excess = curve["max"] / max(curve["start"], curve["end"]) - 1
+    has_barrier = segment["barrier_rel"] > SEGMENT_BARRIER and segment["barrier_rel"] >= SEGMENT_OVER_CURVE * curve["barrier_rel"]
+    return {"pair": f"{pair_label(result)} ({result['curve']})", "excess": excess, "low_loss": excess <= CURVE_EXCESS,
+            "curve_barrier": curve["barrier_rel"], "segment_barrier": segment["barrier_rel"], "has_barrier": has_barrier}
+
+
+def verdict(group_evals: list[dict]) -> dict:
+    """The group's category ('yes', 'mixed', 'linear', 'partly', 'no') and the numbers behind it."""
+    pairs = [pair_numbers(e) for e in group_evals]
+    n, n_low, n_barrier = len(pairs), sum(p["low_loss"] for p in pairs), sum(p["has_barrier"] for p in pairs)
+    if n_low == n:
+        category = "yes" if n_barrier == n else "linear" if n_barrier == 0 else "mixed"
+    else:
+        category = "partly" if n_low else "no"
+    mean = lambda key: sum(p[key] for p in pairs) / n  # noqa: E731
+    return {"loss": group_evals[0]["loss"], "category": category, "headline": HEADLINES[category], "n_pairs": n,
+            "n_low_loss": n_low, "n_segment_barriers": n_barrier, "worst_excess": max(p["excess"] for p in pairs),
+            "mean_excess": mean("excess"), "worst_segment_barrier": max(p["segment_barrier"] for p in pairs),
+            "mean_segment_barrier": mean("segment_barrier"), "mean_curve_barrier": mean("curve_barrier"), "pairs": pairs}
+
+
+def verdict_sentence(v: dict) -> str:
+    """The group's answer in one paragraph, quoting the numbers behind it."""
+    segments = (f"the straight segments' relative test barrier is {pct(v['worst_segment_barrier'])} at worst and "
+                f"{pct(v['mean_segment_barrier'])} on average (curves: {pct(v['mean_curve_barrier'])} on average)")
+    n = v["n_pairs"]
+    if v["category"] in ("yes", "mixed", "linear"):
+        text = (f"along all {n} fitted curves the max test loss is at most {pct(v['worst_excess'])} above the worse "
+                f"endpoint's (threshold {pct(CURVE_EXCESS)})")
+        if v["category"] == "mixed":
+            barred = ", ".join(p["pair"] for p in v["pairs"] if p["has_barrier"])
+            text += f"; the segment has a barrier for {v['n_segment_barriers']} of {n} pairs ({barred})"
+    else:
+        bad = ", ".join(f"{p['pair']}: +{pct(p['excess'])}" for p in v["pairs"] if not p["low_loss"])
+        text = (f"{v['n_low_loss']} of {n} fitted curves keep the max test loss within {pct(CURVE_EXCESS)} of the worse "
+                f"endpoint's; not low-loss: {bad} (worst +{pct(v['worst_excess'])})")
+    return f"**{v['loss']} group — {v['headline']}.** In numbers: {text}; {segments}."
+
+
+def comparison(verdicts: list[dict]) -> str:
+    """One paragraph comparing the groups' segment barriers and whether their curves close the gap."""
+    if len(verdicts) < 2:
+        return f"Only the {verdicts[0]['loss']} group was evaluated, so the loss groups cannot be compared."
+    ranked = sorted(verdicts, key=lambda v: -v["mean_segment_barrier"])
+    chain = " > ".join(f"{v['loss']} {pct(v['mean_segment_barrier'])} ({pct(v['worst_segment_barrier'])})" for v in ranked)
+    close = [v["loss"] for v in verdicts if v["n_low_loss"] == v["n_pairs"]]
+    if len(close) == len(verdicts):
+        closing = "the fitted curves close the gap in every group"
+    elif close:
+        closing = f"the fitted curves close the gap only in the {', '.join(close)} group"
+    else:
+        closing = "the fitted curves close the gap in no group"
+    excess = ", ".join(f"{v['loss']} {pct(v['worst_excess'])}" for v in verdicts)
+    # a spread under one percentage point is within the rounding of the quoted numbers: call it a tie
+    if ranked[0]["mean_segment_barrier"] - ranked[-1]["mean_segment_barrier"] < 0.01:
+        order = "about equally high in every group"
+    else:
+        order = f"highest in the {ranked[0]['loss']} group"
+    return (f"Comparison: mean (worst) relative test barrier of the straight segments: {chain}, so the segments' barriers "
+            f"are {order}; {closing} (worst curve excess: {excess}).")
+
+
+def evidence(evals: list[dict], study: dict) -> str:
+    """How much the answer rests on: the number of pairs, and the caveats of the run."""
+    counts = ", ".join(f"{loss}: {len(members)}" for loss, members in by_group(evals).items())
+    settings = evals[0].get("settings", {})
+    text = (f"Evidence: {len(evals)} pair(s) in all ({counts}), each evaluated at {len(evals[0]['t'])} values of t on "
+            f"{settings.get('test_images', '?')} test images.")
+    if any(len(members) < 2 for members in by_group(evals).values()):
+        text += " A group with a single pair rests on one curve: an observation, not a pattern."
+    if study.get("preset") == "quick":
+        dataset = (study.get("dataset") or {}).get("dataset", "synthetic")
+        text += (f" This is the quick preset: a demo of the pipeline on {dataset} data with few images and epochs, "
+                 f"not evidence about autoencoders of real images.")
+    if study.get("vgg_fallback"):
+        text += " The perceptual group's loss used a random VGG16 (see the warning at the top), so its verdict says nothing about ImageNet perceptual losses."
+    return text
+
+
+def answer(evals: list[dict], study: dict | None = None) -> str:
+    """The generated answer: the criterion, one verdict per loss group, the comparison, the caveats."""
+    verdicts = [verdict(members) for members in by_group(evals).values()]
+    criterion = (f"Criterion (test loss): a curve is *low-loss* if its max test loss is at most {pct(CURVE_EXCESS)} above the "
+                 f"larger of its two endpoints' test losses (max_curve / max(start, end) - 1 <= {CURVE_EXCESS}). A straight "
+                 f"segment *has a barrier* if its relative test barrier (the largest excess of the loss over the straight line "
+                 f"between its end values, divided by the mean of the end values) is above {pct(SEGMENT_BARRIER)} and at least "
+                 f"{SEGMENT_OVER_CURVE:g}x the curve's.")
+    return "\n\n".join([criterion, *(verdict_sentence(v) for v in verdicts), comparison(verdicts), evidence(evals, study or {})])
+
+
+# ---------------------------------------------------------------- the report's sections
+
+def find_figure(folder: Path, name: str) -> Path | None:
+    """The figure `name`.* that plot.py drew, preferring PNG (shown inline) over other formats."""
+    found = sorted(folder.glob(f"{name}.*"), key=lambda p: (p.suffix != ".png", p.name))
+    return found[0] if found else None
+
+
+def link(path: Path, report_dir: Path, caption: str) -> str:
+    """Markdown image (PNG) or link (other formats) to `path`, relative to the report's folder."""
+    rel = quote(Path(os.path.relpath(Path(path).resolve(), report_dir)).as_posix())
+    return f"![{caption}]({rel})" if path.suffix == ".png" else f"[{caption}]({rel})"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}" if minutes >= 60 else f"{minutes}:{s:02d}" if minutes else f"{seconds:.1f} s"
+
+
+def curve_epochs(study_dir: Path, evals: list[dict], settings: dict) -> str:
+    """The curves' training epochs: from the curve checkpoints that are present, else the study's settings."""
+    paths = [study_dir / "curves" / f"{stem(e)}.pt" for e in evals]
+    found = {load_checkpoint(p, CURVE_FORMAT, ("config",))["config"].get("epochs") for p in paths if p.exists()} - {None}
+    if found:
+        return ", ".join(str(x) for x in sorted(found))
+    key = next((k for k in ("curve_epochs", "curve-epochs") if k in settings), None)
+    return f"{settings[key]} (from the settings)" if key else "unknown (no curve checkpoints)"
+
+
+def setup_section(study_dir: Path, s: dict) -> str:
+    """Data, architecture, losses, epochs, device, versions, and the wall time of every step."""
+    study, endpoints, evals = s["study"], s["endpoints"], s["evals"]
+    config = endpoints[0]["config"]
+    data = study.get("dataset") or config.get("data", {})
+    n_params = sum(p.numel() for p in ae.build_model(config["model"]).parameters())
+    groups = sorted({m["config"]["loss"] for m in endpoints}, key=group_order)
+    vgg = study.get("vgg_weights") or next((m["config"].get("vgg_weights") for m in endpoints if m["config"].get("vgg_weights")), None)
+    losses = ", ".join(g + (f" (VGG16 weights: {vgg})" if g == "perceptual" else "") for g in groups)
+    epochs = ", ".join(str(x) for x in sorted({m["config"].get("epochs") for m in endpoints} - {None}))
+    versions = ", ".join(f"{k} {v}" for k, v in study.get("versions", {}).items())
+    settings = ", ".join(f"`{k}={v}`" for k, v in study.get("settings", {}).items())
+    lines = [
+        "## Set-up", "",
+        f"- Dataset: {data.get('dataset', '?')}, {study.get('n_train_images', '?')} training / {study.get('n_test_images', '?')} test images "
+        f"(data settings: {', '.join(f'{k}={v}' for k, v in data.items() if k != 'cache_dir')})",
+        f"- Architecture: {config['model'].get('arch')}, latent_dim {config['model']['latent_dim']}, width {config['model']['width']}, {n_params:,} parameters",
+        f"- Losses: {losses}",
+        f"- Epochs: endpoints {epochs}; curves {curve_epochs(study_dir, evals, study.get('settings', {}))}",
+        f"- Device: {study.get('device', '?')}; versions: {versions or '?'}",
+        f"- Preset: {study.get('preset', '?')}; settings: {settings or 'none recorded'}", "",
+    ]
+    steps = study.get("steps", [])
+    rows = [[st["name"], st.get("kind", ""), f"`{st.get('output', '')}`", "skipped (output existed)" if st.get("skipped") else duration(st.get("seconds", 0))]
+            for st in steps]
+    total = sum(st.get("seconds", 0) for st in steps if not st.get("skipped"))
+    return "\n".join(lines) + "\n" + table(["step", "kind", "output", "time"], rows) + f"\n\nTotal wall time of the steps run: {duration(total)}.\n"
+
+
+def endpoints_section(s: dict, report_dir: Path) -> str:
+    """The endpoints' final metrics, and one reconstruction image per loss group."""
+    rows = [[m["config"]["loss"], m["config"].get("seed", "?"), f"{m['train_loss']:.4g}", f"{m['test_loss']:.4g}",
+             f"{m['test_mse']:.4g}", f"{m['test_psnr']:.2f}"] for m in s["endpoints"]]
+    text = ["## Endpoints", "", table(["loss group", "seed", "train loss", "test loss", "test MSE", "test PSNR (dB)"], rows), ""]
+    shown = set()
+    for m in s["endpoints"]:  # sorted by seed: the first of each group is seed 0 when there is one
+        png = Path(m["_path"]).with_suffix(".png")
+        if m["config"]["loss"] not in shown and png.exists():
+            shown.add(m["config"]["loss"])
+            text += [f"{m['config']['loss']} group, seed {m['config'].get('seed')}: test images (top) and reconstructions (bottom)", "",
+                     link(png, report_dir, f"{m['config']['loss']} reconstructions"), ""]
+    return "\n".join(text)
+
+
+def curves_section(evals: list[dict]) -> str:
+    """Per pair, the loss at the ends and along curve and segment: one table for train, one for test."""
+    header = ["group", "pair", "curve", "t=0", "t=1", "curve max", "curve mean", "curve barrier", "segment max", "segment mean", "segment barrier"]
+    text = ["## Curves", "", "Loss at the ends and along each path; barrier = largest excess over the straight line between the end values (relative to their mean)."]
+    for split in ("train", "test"):
+        rows = []
+        for e in evals:
+            c, g = (e["paths"][p]["summary"][f"{split}_loss"] for p in ("curve", "segment"))
+            row = [e["loss"], pair_label(e), e["curve"], f"{c['start']:.4g}", f"{c['end']:.4g}", f"{c['max']:.4g}", f"{c['mean']:.4g}",
+                   f"{c['barrier']:.3g} ({pct(c['barrier_rel'])})", f"{g['max']:.4g}", f"{g['mean']:.4g}", f"{g['barrier']:.3g} ({pct(g['barrier_rel'])})"]
+            if split == "test":
+                p = pair_numbers(e)
+                row += [f"+{pct(p['excess'])}", "yes" if p["low_loss"] else "no"]
+            rows.append(row)
+        extra = ["curve max over worse end", "low-loss curve"] if split == "test" else []
+        text += ["", f"### {split.capitalize()} loss", "", table(header + extra, rows)]
+    return "\n".join(text) + "\n"
+
+
+def figures_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str:
+    """Per group, the Figure 2 style plots, then each pair's image strip and loss plot, where drawn."""
+    text, figures = ["## Figures", ""], study_dir / "figures"
+    for loss, members in by_group(evals).items():
+        text += [f"### {loss} group", ""]
+        for curve in sorted({e["curve"] for e in members}):
+            found = find_figure(figures, f"fig2_{loss}_{curve}")
+            text += [link(found, report_dir, f"Figure 2: {loss}, {curve} curves vs segments"), ""] if found else []
+        for e in members:
+            for kind, what in (("strip", "images along the curve and the segment"), ("pair", "loss along the curve and the segment")):
+                found = find_figure(figures, f"{kind}_{stem(e)}")
+                text += [link(found, report_dir, f"{pair_label(e)} ({e['curve']}): {what}"), ""] if found else []
+    if not any(line.startswith(("!", "[")) for line in text):
+        text += [f"No figures in {figures}; run the plot step (plot.py) to draw them.", ""]
+    return "\n".join(text)
+
+
+def write_report(study_dir: Path, out: Path) -> Path:
+    """Build the Markdown report of `study_dir` from its files and write it atomically to `out`."""
+    study_dir, out = Path(study_dir), Path(out)
+    s = load_study(study_dir)
+    study, report_dir = s["study"], out.parent.resolve()
+    lines = [f"# Mode connectivity of autoencoders: {study_dir.name}", ""]
+    if study.get("vgg_fallback"):
+        lines += [f"> **WARNING: the perceptual group used a randomly initialised (seeded) VGG16 instead of ImageNet weights**, "
+                  f"because: {study['vgg_fallback']}. Its loss is a random-feature loss, not a perceptual loss in the usual sense.", ""]
+    lines += [f"Generated by report.py from the files in `{study_dir}` (no model was run); the answer is in the last section.", ""]
+    sections = [setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
+                figures_section(study_dir.resolve(), s["evals"], report_dir), "## Answer\n\n" + answer(s["evals"], study) + "\n"]
+    return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    study_dir = Path(args.study)
+    if not study_dir.is_dir():
+        raise UserError(f"study folder {study_dir} does not exist; run run_study.py first or check --study")
+    out = write_report(study_dir, Path(args.out) if args.out else study_dir / "report.md")
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,234 @@
+"""The whole study in one command: `python run_study.py` (the quick preset, on built-in data).
+
+Trains 3 endpoints per loss group (mse, perceptual), fits a curve between every pair within each
+group, evaluates every curve and its straight segment, draws the figures and writes a report
+that answers the question from the numbers. Each step calls the same `main()` the single
+scripts run. A step whose output exists and was made with the same settings (and the same
+upstream files) is skipped, so an interrupted study picks up where it stopped; `--force` redoes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+import ae
+import cli
+import curves
+import data
+import eval_curve
+import fit_curve
+import plot
+import report
+import train_ae
+from files import UserError, ensure_dir, file_sha256, write_json
+
+STUDY_FORMAT = "aemc-study-v1"
+# Every value can be overridden by the flag of the same name.
+PRESETS = {
+    "quick": {  # built-in synthetic faces, sized to finish on a 2-core CPU in minutes
+        "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
+        "width": 16, "latent_dim": 128, "batch_size": 64, "epochs": 6, "lr": 2e-3,
+        "curve_epochs": 6, "curve_lr": 2e-3, "num_points": 61, "bn_images": 256, "train_images": 200,
+        "test_images": 200, "vgg_weights": "imagenet", "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+    },
+    "full": {  # CelebA at 64x64, meant for one GPU
+        "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
+        "width": 32, "latent_dim": 128, "batch_size": 128, "epochs": 30, "lr": 1e-3,
+        "curve_epochs": 30, "curve_lr": 1e-3, "num_points": 61, "bn_images": 5000, "train_images": 5000,
+        "test_images": 5000, "vgg_weights": "imagenet", "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="quick", choices=PRESETS, help="quick (default): synthetic faces, CPU minutes; full: CelebA, one GPU")
+    p.add_argument("--curve", default="bezier", choices=[*curves.CURVES, "both"], help="curve type(s) to fit (default: bezier)")
+    p.add_argument("--num-bends", type=cli.at_least_two, default=3, help="bends per curve including the endpoints (default: 3)")
+    p.add_argument("--out", default="runs/study", help="study folder (default: runs/study)")
+    p.add_argument("--report", default=None, help="report path (default: <out>/report.md)")
+    p.add_argument("--force", action="store_true", help="redo every step even if its output is up to date")
+    def preset_help(key: str, text: str) -> str:
+        return f"{text} (preset quick: {PRESETS['quick'][key]}, full: {PRESETS['full'][key]})"
+
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help=preset_help("seeds", "endpoint seeds per group"))
+    p.add_argument("--losses", nargs="+", choices=ae.LOSSES, default=None, help=preset_help("losses", "loss groups"))
+    p.add_argument("--dataset", choices=["synthetic", "celeba", "folder"], default=None, help=preset_help("dataset", "images"))
+    p.add_argument("--data-root", default=None, help="folder holding CelebA (needed by the full preset) or an image tree")
+    p.add_argument("--download", action="store_true", help="download CelebA into --data-root if it is not there")
+    p.add_argument("--cache-dir", default="data/cache", help="where decoded datasets are cached (default: data/cache)")
+    texts = {"synthetic_size": "synthetic training images", "n_train": "cap on training images", "n_test": "cap on test images",
+             "width": "autoencoder width", "latent_dim": "bottleneck size", "batch_size": "batch size of training and fitting",
+             "epochs": "endpoint training epochs", "curve_epochs": "curve fitting epochs", "bn_images": "images for BatchNorm statistics",
+             "train_images": "training images evaluated at each t", "test_images": "test images evaluated at each t"}
+    for key, text in texts.items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=cli.positive_int, default=None, help=preset_help(key, text))
+    p.add_argument("--num-points", type=cli.at_least_two, default=None, help=preset_help("num_points", "values of t evaluated per path"))
+    p.add_argument("--lr", type=cli.positive_float, default=None, help=preset_help("lr", "endpoint learning rate"))
+    p.add_argument("--curve-lr", type=cli.positive_float, default=None, help=preset_help("curve_lr", "curve learning rate"))
+    p.add_argument("--vgg-weights", default=None, help=preset_help(
+        "vgg_weights", "imagenet, random, or a VGG16 .pth file; quick falls back to random when imagenet cannot be had"))
+    cli.add_device_arg(p)
+    return p.parse_args(argv)
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """The preset's values with every flag the user gave laid over them."""
+    settings = dict(PRESETS[args.preset])
+    for key in settings:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    settings["curves"] = list(curves.CURVES) if args.curve == "both" else [args.curve]
+    settings.update(num_bends=args.num_bends, cache_dir=args.cache_dir, download=args.download, device=args.device, preset=args.preset)
+    if len(settings["seeds"]) < 2:
+        raise UserError("a study needs at least 2 seeds per group to form a pair; pass --seeds 0 1 2")
+    if len(set(settings["seeds"])) != len(settings["seeds"]):
+        raise UserError(f"--seeds has repeats ({settings['seeds']}); give distinct seeds")
+    if settings["dataset"] != "synthetic" and not settings["data_root"]:
+        raise UserError(f"the {args.preset} preset uses --dataset {settings['dataset']}, which needs --data-root DIR "
+                        f"(see the README for the CelebA layout)")
+    return settings
+
+
+def choose_vgg_weights(settings: dict) -> tuple[str, str | None]:
+    """The VGG16 weights for the perceptual group, and why we fell back to random ones (quick only)."""
+    if "perceptual" not in settings["losses"] or settings["vgg_weights"] != "imagenet":
+        return settings["vgg_weights"], None
+    try:
+        ae.vgg16_features("imagenet")
+        return "imagenet", None
+    except UserError as e:
+        if settings["preset"] != "quick":
+            raise
+        reason = str(e)
+        print(f"warning: ImageNet VGG16 weights are unavailable, so the perceptual group uses a randomly initialised "
+              f"(seeded) VGG16 instead; this quick-preset fallback is named in the report. ({reason})", file=sys.stderr)
+        return "random", reason
+
+
+def data_flags(s: dict) -> list[str]:
+    flags = ["--dataset", s["dataset"], "--synthetic-size", s["synthetic_size"], "--cache-dir", s["cache_dir"]]
+    flags += ["--data-root", s["data_root"]] if s["data_root"] else []
+    flags += ["--download"] if s["download"] else []
+    flags += ["--n-train", s["n_train"]] if s["n_train"] else []
+    flags += ["--n-test", s["n_test"]] if s["n_test"] else []
+    return flags
+
+
+def plan(s: dict, out: Path, vgg: str) -> list[dict]:
+    """Every step of the study in order: name, kind, the script's main, its argv, output, inputs."""
+    steps, evals = [], []
+    device = ["--device", s["device"]]
+    for loss in s["losses"]:
+        for seed in s["seeds"]:
+            ckpt = out / "ae" / f"{loss}_s{seed}.pt"
+            argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", s["epochs"], "--batch-size", s["batch_size"],
+                    "--lr", s["lr"], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
+                    *device, "--out", ckpt]
+            steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
+    for loss, curve in itertools.product(s["losses"], s["curves"]):
+        for i, j in itertools.combinations(s["seeds"], 2):
+            a, b = out / "ae" / f"{loss}_s{i}.pt", out / "ae" / f"{loss}_s{j}.pt"
+            ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
+            argv = ["--a", a, "--b", b, "--curve", curve, "--num-bends", s["num_bends"], "--epochs", s["curve_epochs"],
+                    "--lr", s["curve_lr"], "--batch-size", s["batch_size"], "--seed", 0, "--bn-images", s["bn_images"],
+                    *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", ckpt]
+            steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "main": fit_curve.main, "argv": argv,
+                          "output": ckpt, "inputs": [a, b]})
+            result = ckpt.with_name(ckpt.stem + ".eval.json")
+            argv = ["--ckpt", ckpt, "--num-points", s["num_points"], "--bn-images", s["bn_images"], "--train-images", s["train_images"],
+                    "--test-images", s["test_images"], *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []),
+                    *device, "--out", result]
+            evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
+                          "output": result, "inputs": [ckpt]})
+    steps += evals
+    figures = out / "figures"
+    steps.append({"name": "plot figures", "kind": "plot", "main": plot.main, "output": figures / "index.json",
+                  "argv": [*(e["output"] for e in evals), "--out", figures], "inputs": [e["output"] for e in evals]})
+    for step in steps:
+        step["argv"] = [str(x) for x in step["argv"]]
+    return steps
+
+
+def step_key(step: dict) -> str:
+    """What the step's output depends on: its settings and the bytes of its input files."""
+    inputs = [file_sha256(p) if Path(p).exists() else "missing" for p in step["inputs"]]
+    text = json.dumps({"argv": step["argv"], "inputs": inputs})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    settings = resolve_settings(args)
+    device = cli.pick_device(args.device)
+    out = Path(args.out)
+    record_path = out / "study.json"
+    previous = json.loads(record_path.read_text()).get("done", {}) if record_path.exists() and not args.force else {}
+    ensure_dir(out)
+    data_cfg = data.data_config(argparse.Namespace(**{k: settings.get(k) for k in data.DEFAULTS}))
+    sizes = {split: len(data.load_split(data_cfg, split)) for split in ("train", "test")}  # also fills the cache once
+    vgg, fallback = choose_vgg_weights(settings)
+    steps = plan(settings, out, vgg)
+    record = {"format": STUDY_FORMAT, "preset": args.preset, "settings": settings, "vgg_weights": vgg, "vgg_fallback": fallback,
+              "device": str(device), "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                                  "torchvision": torchvision.__version__, "numpy": np.__version__},
+              "dataset": data_cfg, "n_train_images": sizes["train"], "n_test_images": sizes["test"],
+              "steps": [], "done": dict(previous)}
+    start, spent, ran = time.time(), {}, set()
+    for n, step in enumerate(steps, 1):
+        output, key = step["output"], step_key(step)
+        done = record["done"].get(str(output))
+        upstream_ran = any(str(p) in ran for p in step["inputs"])
+        if done and done["key"] == key and Path(output).exists() and not upstream_ran:
+            record["steps"].append({"name": step["name"], "kind": step["kind"], "output": str(output), "seconds": done["seconds"], "skipped": True})
+            print(f"[{n}/{len(steps)}] {step['name']}: up to date, skipped")
+            continue
+        remaining = [s["kind"] for s in steps[n - 1:]]
+        known = [t for times in spent.values() for t in times]
+        eta = sum(np.mean(spent.get(kind, known)) for kind in remaining) if known else None
+        print(f"\n[{n}/{len(steps)}] {step['name']}  (elapsed {fmt_time(time.time() - start)}"
+              + (f", about {fmt_time(eta)} left)" if eta is not None else ")"), flush=True)
+        t0 = time.time()
+        try:
+            result = step["main"](step["argv"])
+        except Exception as e:
+            if not isinstance(e, UserError):
+                traceback.print_exc()
+            write_json(record_path, record)
+            raise UserError(f"study stopped at step {n}/{len(steps)} '{step['name']}': {e}; finished steps are kept, "
+                            f"fix the cause and rerun the same command to continue") from None
+        if step["kind"] == "plot":
+            write_json(output, {"figures": [str(p) for p in result]})
+        seconds = time.time() - t0
+        ran.add(str(output))
+        spent.setdefault(step["kind"], []).append(seconds)
+        record["done"][str(output)] = {"key": key, "seconds": seconds}
+        record["steps"].append({"name": step["name"], "kind": step["kind"], "output": str(output), "seconds": seconds, "skipped": False})
+        write_json(record_path, record)
+    report_path = Path(args.report) if args.report else out / "report.md"
+    record["total_seconds"] = time.time() - start
+    write_json(record_path, record)
+    report.write_report(out, report_path)
+    print(f"\nstudy complete in {fmt_time(time.time() - start)}: read {report_path}")
+    return report_path
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,247 @@
+"""Tests of the study report (report.py) on fabricated study folders, and once on a real tiny study."""
+import json
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ae
+import cli
+import eval_curve
+import fit_curve
+import plot
+import report
+from files import UserError
+
+T = np.linspace(0.0, 1.0, 11).tolist()
+MODEL = {"arch": "conv-ae-v1", "latent_dim": 8, "width": 4}
+DATA = {"dataset": "synthetic", "synthetic_size": 64, "n_train": None, "n_test": 32}
+FLAT, BUMP = 0.0, 0.5  # height of the hump in the middle of a path, in units of the endpoints' loss
+
+
+def profile(start: float, end: float, bump: float) -> list[float]:
+    """Loss along t: the straight line between the end values plus a hump of `bump` * start at t=0.5."""
+    return [(1 - t) * start + t * end + bump * start * 4 * t * (1 - t) for t in T]
+
+
+def fake_path(start: float, end: float, bump: float) -> dict:
+    """One path of an evaluation, shaped as eval_curve.py writes it, with summaries from eval_curve.summarize."""
+    dl = [0.0] + [0.1] * (len(T) - 1)
+    path = {"dl": dl, "length": sum(dl)}
+    for split, scale in (("train", 0.9), ("test", 1.0)):
+        for name in ("loss", "mse"):
+            path[f"{split}_{name}"] = profile(scale * start, scale * end, bump)
+            path[f"{split}_{name}_se"] = [0.001] * len(T)
+    path["summary"] = {name: eval_curve.summarize(path[name], T, dl) for name in eval_curve.METRICS}
+    return path
+
+
+def fake_eval(loss: str, seeds: tuple, curve_bump: float, segment_bump: float, curve: str = "bezier") -> dict:
+    return {"format": eval_curve.EVAL_FORMAT, "curve_ckpt": f"curves/{loss}_s{seeds[0]}-s{seeds[1]}-{curve}.pt",
+            "curve": curve, "num_bends": 3, "loss": loss, "vgg_weights": "random" if loss == "perceptual" else None,
+            "model": MODEL, "data": DATA, "endpoints": [f"ae/{loss}_s{s}.pt" for s in seeds], "endpoint_seeds": list(seeds),
+            "settings": {"num_points": len(T), "test_images": 32}, "t": T, "columns_t": [0.0, 0.5, 1.0],
+            "paths": {"curve": fake_path(1.0, 1.1, curve_bump), "segment": fake_path(1.0, 1.1, segment_bump)},
+            "files": {"npz": "x.npz", "curve_png": "x.curve.png", "segment_png": "x.segment.png"}}
+
+
+def write_png(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(path)
+
+
+def make_study(root: Path, curve_bump: float = FLAT, segment_bump: float = BUMP, losses=("mse", "perceptual"),
+               fallback: str | None = None, preset: str = "quick", figures: bool = True) -> Path:
+    """A study folder with endpoints of seeds 0-2 and their three pairs per loss group, written directly."""
+    study = {"format": "aemc-study-v1", "preset": preset, "settings": {"epochs": 2, "curve_epochs": 1},
+             "vgg_weights": "random" if fallback else "imagenet", "vgg_fallback": fallback, "device": "cpu",
+             "versions": {"python": "3.11.7", "torch": "2.x"}, "dataset": DATA, "n_train_images": 57, "n_test_images": 7,
+             "steps": [{"name": "train mse seed 0", "kind": "train", "output": "ae/mse_s0.pt", "seconds": 12.5, "skipped": False},
+                       {"name": "train mse seed 1", "kind": "train", "output": "ae/mse_s1.pt", "seconds": 0.0, "skipped": True},
+                       {"name": "fit mse s0-s1", "kind": "fit", "output": "curves/mse_s0-s1-bezier.pt", "seconds": 100.0, "skipped": False}]}
+    (root / "ae").mkdir(parents=True)
+    (root / "curves").mkdir()
+    (root / "study.json").write_text(json.dumps(study))
+    for loss in losses:
+        for seed in (0, 1, 2):
+            config = {"model": MODEL, "loss": loss, "seed": seed, "data": DATA, "epochs": 2,
+                      "vgg_weights": study["vgg_weights"] if loss == "perceptual" else None}
+            metrics = {"checkpoint": f"ae/{loss}_s{seed}.pt", "config": config, "train_loss": 0.9, "test_loss": 1.0 + seed / 100,
+                       "test_mse": 0.02, "test_psnr": 16.99, "epochs": 2, "history": []}
+            (root / "ae" / f"{loss}_s{seed}.json").write_text(json.dumps(metrics))
+            write_png(root / "ae" / f"{loss}_s{seed}.png")
+        for seeds in ((0, 1), (0, 2), (1, 2)):
+            stem = f"{loss}_s{seeds[0]}-s{seeds[1]}-bezier"
+            (root / "curves" / f"{stem}.eval.json").write_text(json.dumps(fake_eval(loss, seeds, curve_bump, segment_bump)))
+            if figures:
+                write_png(root / "figures" / f"strip_{stem}.png")
+                write_png(root / "figures" / f"pair_{stem}.png")
+        if figures:
+            write_png(root / "figures" / f"fig2_{loss}_bezier.png")
+    return root
+
+
+def evals_of(root: Path) -> list[dict]:
+    return [plot.read_eval(p) for p in sorted((root / "curves").glob("*.eval.json"))]
+
+
+def links(text: str) -> list[str]:
+    return [unquote(m) for m in re.findall(r"\]\(([^)]+)\)", text)]
+
+
+# ---------------------------------------------------------------- the verdict and the answer
+
+def test_flat_curves_and_bumpy_segments_are_connected(tmp_path):
+    root = make_study(tmp_path / "s")
+    evals = evals_of(root)
+    v = report.verdict([e for e in evals if e["loss"] == "mse"])
+    assert v["category"] == "yes" and v["n_pairs"] == 3 and v["n_low_loss"] == 3 and v["n_segment_barriers"] == 3
+    assert v["worst_excess"] == pytest.approx(0.0) and v["mean_segment_barrier"] == pytest.approx(0.5 / 1.05)
+    text = report.answer(evals)
+    assert text.count("connected by low-loss curves although the straight segment is not") == 2  # both groups
+    assert "47.6%" in text  # the segments' barrier, quoted: 0.5 / mean(1.0, 1.1)
+    assert "about equally high in every group" in text and "close the gap in every group" in text
+
+
+def test_bumpy_curves_are_not_low_loss(tmp_path):
+    flat = report.answer(evals_of(make_study(tmp_path / "flat")))
+    evals = evals_of(make_study(tmp_path / "bumpy", curve_bump=BUMP))
+    text = report.answer(evals)
+    assert report.verdict(evals[:3])["category"] == "no"
+    assert "the fitted curves are not low-loss paths" in text and "connected by low-loss curves" not in text
+    assert "+40.9%" in text  # worst excess: (1.05 + 0.5) / 1.1 - 1
+    assert text != flat
+
+
+def test_flat_segments_give_linear_connectivity(tmp_path):
+    evals = evals_of(make_study(tmp_path / "s", segment_bump=FLAT))
+    assert report.verdict(evals[:3])["category"] == "linear"
+    assert "linear mode connectivity" in report.answer(evals)
+
+
+def test_some_bumpy_curves_are_partly_and_named():
+    evals = [fake_eval("mse", (0, 1), FLAT, BUMP), fake_eval("mse", (0, 2), BUMP, BUMP)]
+    v = report.verdict(evals)
+    assert v["category"] == "partly" and v["n_low_loss"] == 1
+    sentence = report.verdict_sentence(v)
+    assert "partly" in sentence and "seeds 0–2 (bezier): +40.9%" in sentence and "seeds 0–1" not in sentence
+
+
+def test_thresholds_sit_where_documented():
+    # a curve max just under 10% over the worse end is low-loss; just over is not
+    low, high = fake_eval("mse", (0, 1), FLAT, BUMP), fake_eval("mse", (0, 2), FLAT, BUMP)
+    for result, top in ((low, 1.1 * 1.0999), (high, 1.1 * 1.1001)):
+        result["paths"]["curve"]["summary"]["test_loss"]["max"] = top
+    assert report.pair_numbers(low)["low_loss"] and not report.pair_numbers(high)["low_loss"]
+    # a segment barrier above 10% but less than twice the curve's is no barrier
+    result = fake_eval("mse", (0, 1), 0.1, 0.15)
+    numbers = report.pair_numbers(result)
+    assert numbers["segment_barrier"] > report.SEGMENT_BARRIER and not numbers["has_barrier"]
+    assert report.verdict([result])["category"] == "linear"
+
+
+def test_comparison_names_the_group_with_higher_segment_barriers(tmp_path):
+    evals = [fake_eval("mse", (0, 1), FLAT, 0.2), fake_eval("perceptual", (0, 1), BUMP, 0.8)]
+    text = report.answer(evals)
+    assert "highest in the perceptual group" in text and "close the gap only in the mse group" in text
+    assert "single pair" in text
+    only = report.answer(evals[:1])
+    assert "Only the mse group was evaluated" in only and "highest" not in only
+
+
+def test_quick_preset_is_called_a_demo(tmp_path):
+    evals = evals_of(make_study(tmp_path / "s"))
+    assert "demo" in report.answer(evals, {"preset": "quick", "dataset": DATA})
+    assert "demo" not in report.answer(evals, {"preset": "full", "dataset": DATA})
+
+
+# ---------------------------------------------------------------- the report file
+
+def test_report_has_every_table_and_resolving_links_to_every_figure(tmp_path):
+    root = make_study(tmp_path / "study")
+    out = report.write_report(root, root / "report.md")
+    text = out.read_text()
+    for header in ("| step | kind | output | time |", "| loss group | seed | train loss | test loss | test MSE | test PSNR (dB) |",
+                   "| group | pair | curve | t=0 | t=1 | curve max | curve mean | curve barrier | segment max | segment mean | segment barrier |",
+                   "### Train loss", "### Test loss", "## Answer"):
+        assert header in text, header
+    targets = links(text)
+    assert all((out.parent / target).resolve().is_file() for target in targets)
+    linked = {(out.parent / target).resolve() for target in targets}
+    assert {p.resolve() for p in (root / "figures").iterdir()} <= linked
+    assert {(root / "ae" / f"{loss}_s0.png").resolve() for loss in ("mse", "perceptual")} <= linked
+    assert "skipped" in text and "Total wall time of the steps run: 1:52." in text  # 12.5 + 100 s; the skipped step not counted
+    n_params = sum(p.numel() for p in ae.AutoEncoder(8, 4).parameters())
+    assert f"latent_dim 8, width 4, {n_params:,} parameters" in text and "57 training / 7 test images" in text
+
+
+def test_links_resolve_from_a_report_elsewhere(tmp_path):
+    root = make_study(tmp_path / "study")
+    out = report.write_report(root, tmp_path / "elsewhere" / "deeper" / "r.md")
+    targets = links(out.read_text())
+    assert targets and all(t.startswith("../../study/") for t in targets)
+    assert all((out.parent / t).resolve().is_file() for t in targets)
+
+
+def test_missing_figures_are_noted_not_linked(tmp_path):
+    root = make_study(tmp_path / "study", figures=False)
+    text = report.write_report(root, root / "report.md").read_text()
+    assert "run the plot step" in text and not any("figures/" in t for t in links(text))
+
+
+def test_fallback_warning_is_on_the_first_lines_only_when_set(tmp_path):
+    root = make_study(tmp_path / "fallback", fallback="no network to download VGG16 weights")
+    first = report.write_report(root, root / "report.md").read_text().splitlines()[:3]
+    assert any("WARNING" in line and "randomly initialised" in line and "no network" in line for line in first)
+    plain = make_study(tmp_path / "plain")
+    assert "randomly initialised" not in report.write_report(plain, plain / "report.md").read_text()
+
+
+def test_missing_files_are_user_errors(tmp_path):
+    root = make_study(tmp_path / "study")
+    for p in (root / "curves").glob("*.eval.json"):
+        p.unlink()
+    with pytest.raises(UserError, match=r"no curve evaluations.*eval"):
+        report.write_report(root, root / "report.md")
+    shutil.rmtree(root / "ae")
+    with pytest.raises(UserError, match=r"no endpoint metrics.*train"):
+        report.write_report(root, root / "report.md")
+    (root / "study.json").unlink()
+    with pytest.raises(UserError, match="study.json is missing; run run_study.py"):
+        report.write_report(root, root / "report.md")
+    assert not (root / "report.md").exists()
+
+
+def test_cli_writes_the_default_report_and_errors_in_one_line(tmp_path, capsys):
+    root = make_study(tmp_path / "study", losses=("mse",))
+    assert report.main(["--study", str(root)]) == root / "report.md"
+    assert "Only the mse group" in (root / "report.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(report.main, ["--study", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().count("\n") == 0 and "does not exist" in err
+
+
+# ---------------------------------------------------------------- end to end on real files
+
+def test_report_of_a_real_tiny_study(endpoints, tmp_path):
+    root = tmp_path / "study"
+    (root / "ae").mkdir(parents=True)
+    for path in endpoints:
+        for suffix in (".pt", ".json", ".png"):
+            shutil.copy(path.with_suffix(suffix), root / "ae" / path.with_suffix(suffix).name)
+    curve = root / "curves" / "mse_s0-s1-bezier.pt"
+    fit_curve.main(["--a", str(root / "ae/mse_s0.pt"), "--b", str(root / "ae/mse_s1.pt"), "--epochs", "1", "--batch-size", "32",
+                    "--bn-images", "32", "--out", str(curve)])
+    eval_curve.main(["--ckpt", str(curve), "--num_points", "3", "--columns", "2", "--bn-images", "32", "--train-images", "32",
+                     "--test-images", "16"])
+    plot.main([str(curve.with_name("mse_s0-s1-bezier.eval.json")), "--out", str(root / "figures")])
+    (root / "study.json").write_text(json.dumps({"format": "aemc-study-v1", "preset": "quick", "vgg_fallback": None, "steps": []}))
+    text = report.write_report(root, root / "report.md").read_text()
+    assert "endpoints 3; curves 1" in text and "**mse group — " in text and "Only the mse group" in text
+    assert sorted(Path(t).name for t in links(text)) == ["fig2_mse_bezier.png", "mse_s0.png", "pair_mse_s0-s1-bezier.png",
+                                                          "strip_mse_s0-s1-bezier.png"]

@@ -1,0 +1,83 @@
+"""Tests of the whole study in one command (run_study.py) on a micro preset."""
+import json
+import re
+
+import pytest
+
+import run_study
+
+MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
+         "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
+         "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu"]
+
+
+def ran_steps(capsys):
+    """Names of the steps the last run executed (not skipped), from its console output."""
+    return re.findall(r"^\[\d+/\d+\] (.+?)  \(elapsed", capsys.readouterr().out, flags=re.M)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    args = [*MICRO, "--out", str(tmp / "study"), "--cache-dir", str(tmp / "cache")]
+    report = run_study.main(args)
+    return tmp / "study", args, report
+
+
+def test_report_has_every_table_and_figure(study):
+    folder, _, report = study
+    text = report.read_text()
+    assert report == folder / "report.md"
+    for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Answer"):
+        assert heading in text
+    for loss in ("mse", "perceptual"):
+        assert f"figures/fig2_{loss}_bezier.png" in text and f"figures/strip_{loss}_s0-s1-bezier.png" in text
+        assert (folder / f"figures/fig2_{loss}_bezier.png").is_file()
+        assert re.search(rf"\*\*{loss} group — (yes|partly|no)", text)
+    for link in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (folder / link).is_file(), link
+    record = json.loads((folder / "study.json").read_text())
+    assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
+    assert [s["kind"] for s in record["steps"]] == ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["plot"]
+
+
+def test_second_run_skips_everything(study, capsys):
+    folder, args, _ = study
+    capsys.readouterr()
+    run_study.main(args)
+    assert ran_steps(capsys) == []
+
+
+def test_deleting_a_curve_reruns_only_it_and_what_depends_on_it(study, capsys):
+    folder, args, _ = study
+    (folder / "curves/mse_s0-s1-bezier.pt").unlink()
+    capsys.readouterr()
+    run_study.main(args)
+    assert ran_steps(capsys) == ["fit mse bezier seeds 0-1", "eval mse bezier seeds 0-1", "plot figures"]
+
+
+def test_changed_setting_reruns_the_steps_it_touches(study, capsys):
+    folder, args, _ = study
+    capsys.readouterr()
+    run_study.main([*args, "--num-points", "4"])
+    assert ran_steps(capsys) == ["eval mse bezier seeds 0-1", "eval perceptual bezier seeds 0-1", "plot figures"]
+    assert len(json.loads((folder / "curves/mse_s0-s1-bezier.eval.json").read_text())["t"]) == 4
+
+
+def test_failing_step_is_named_and_finished_steps_kept(tmp_path, monkeypatch):
+    import fit_curve
+
+    def broken(argv):
+        raise run_study.UserError("simulated failure")
+
+    monkeypatch.setattr(fit_curve, "main", broken)
+    args = [*MICRO, "--out", str(tmp_path / "study"), "--cache-dir", str(tmp_path / "cache"), "--losses", "mse"]
+    with pytest.raises(run_study.UserError, match="step 3/.* 'fit mse bezier seeds 0-1': simulated failure"):
+        run_study.main(args)
+    assert (tmp_path / "study/ae/mse_s0.pt").is_file() and (tmp_path / "study/ae/mse_s1.pt").is_file()
+    assert not (tmp_path / "study/report.md").exists()
+
+
+def test_full_preset_without_celeba_root_is_refused():
+    with pytest.raises(run_study.UserError, match="--data-root"):
+        run_study.main(["--preset", "full"])
