@@ -82,6 +82,7 @@ def psnr(mse_value: float) -> float:
 
 # VGG16 `features` indices of the ReLUs whose outputs the perceptual loss compares.
 VGG_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
+VGG_DEFAULT_LAYERS = ("relu1_2", "relu2_2", "relu3_3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -144,7 +145,7 @@ class PerceptualLoss(nn.Module):
     reconstruction and the target, after ImageNet normalisation. VGG is frozen, in eval mode, and
     cut after the deepest layer used; target features are computed without gradient."""
 
-    def __init__(self, weights: str = "imagenet", layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3"), seed: int = 0):
+    def __init__(self, weights: str = "imagenet", layers: tuple[str, ...] = VGG_DEFAULT_LAYERS, seed: int = 0):
         super().__init__()
         unknown = [name for name in layers if name not in VGG_LAYERS]
         if unknown:
@@ -171,18 +172,34 @@ class PerceptualLoss(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, recon: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        with torch.no_grad():
-            target_features = self.features(target)
+    def forward(self, recon: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+                target_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if target_features is None:
+            with torch.no_grad():
+                target_features = self.features(target)
         per_image = sum((a - b).pow(2).flatten(1).mean(1) for a, b in zip(self.features(recon), target_features))
         per_image = per_image / len(target_features)
         return per_image if reduction == "none" else per_image.mean()
 
 
-def make_loss(name: str, vgg_weights: str = "imagenet"):
+def make_loss(name: str, vgg_weights: str = "imagenet", vgg_layers: tuple[str, ...] = VGG_DEFAULT_LAYERS):
     """The training loss by name: a callable (recon, target, reduction='mean') -> tensor."""
     if name == "mse":
         return mse
     if name == "perceptual":
-        return PerceptualLoss(vgg_weights)
+        return PerceptualLoss(vgg_weights, tuple(vgg_layers))
     raise UserError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+def loss_from_config(config: dict, vgg_file: str | None = None):
+    """Rebuild the loss a checkpoint was trained with from its config. An endpoint trained with
+    VGG16 weights from a file records only the file's name: `vgg_file` must point to it again."""
+    if config.get("loss") != "perceptual":
+        return make_loss(config.get("loss"))
+    weights = config.get("vgg_weights") or "imagenet"
+    if weights.startswith("file:"):
+        name = weights[len("file:"):]
+        if vgg_file is None or Path(vgg_file).name != name:
+            raise UserError(f"this perceptual loss used the VGG16 weight file {name}; pass it again with --vgg-weights PATH")
+        weights = vgg_file
+    return make_loss("perceptual", weights, tuple(config.get("vgg_layers") or VGG_DEFAULT_LAYERS))

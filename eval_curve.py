@@ -23,7 +23,7 @@ import cli
 import curves
 import data
 import training
-from fit_curve import CURVE_DIR, vgg_weights_for
+from fit_curve import CURVE_DIR
 from files import UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
 
 EVAL_FORMAT = "aemc-eval-v1"
@@ -82,9 +82,27 @@ def summarize(values: list[float], t: list[float], dl: list[float]) -> dict:
             "barrier_rel": float(excess[i] / ends_mean) if ends_mean > 0 else math.nan}
 
 
+FEATURE_CACHE_BYTES = 2 * 2**30  # keep the VGG features of the evaluation targets when they fit in this
+
+
+def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.device) -> dict:
+    """VGG features of the fixed evaluation images, computed once for all t and both paths (the
+    perceptual loss's targets never change), or Nones when they would not fit in memory."""
+    if not isinstance(loss_fn, ae.PerceptualLoss):
+        return {split: None for split in split_images}
+    per_image = sum(f.numel() * 4 for f in loss_fn.features(torch.zeros(1, 3, 64, 64, device=device)))
+    if per_image * sum(len(v) for v in split_images.values()) > FEATURE_CACHE_BYTES:
+        return {split: None for split in split_images}
+    with torch.inference_mode():
+        return {split: [loss_fn.features(x) for x in data.batches(images, batch_size, device=device, memory_format=torch.channels_last)]
+                for split, images in split_images.items()}
+
+
 def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, loss_fn, *, bn_images: torch.Tensor,
-                  shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str) -> dict:
+                  shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str,
+                  features: dict | None = None) -> dict:
     """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`."""
+    features = features or {}
     out = {name: [] for name in METRICS}
     out.update({f"{name}_se": [] for name in METRICS})
     out["dl"], recon, previous = [], [], None
@@ -92,7 +110,8 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
     for i, t in enumerate(tqdm(ts, desc=desc, leave=False, disable=None, dynamic_ncols=True)):
         curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
         for split, images in split_images.items():
-            stats = training.evaluate(net, images, loss_fn, batch_size=batch_size, device=device, t=t)
+            stats = training.evaluate(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
+                                      target_features=features.get(split))
             for name in ("loss", "mse"):
                 out[f"{split}_{name}"].append(stats[name])
                 out[f"{split}_{name}_se"].append(stats[f"{name}_se"])
@@ -151,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=config["data"])
     train_images = data.load_split(data_cfg, "train")
     test_images = data.load_split(data_cfg, "test")
-    loss_fn = ae.make_loss(config["loss"], vgg_weights_for(config, args.vgg_weights))
+    loss_fn = ae.loss_from_config(config, args.vgg_weights)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
     # Fixed subsets: the first images of each split (splits are already in a fixed random order).
@@ -165,18 +184,18 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
               "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"],
-              "vgg_weights": config.get("vgg_weights"), "model": config["model"], "data": data_cfg,
+              "vgg_weights": config.get("vgg_weights"), "vgg_layers": config.get("vgg_layers"), "model": config["model"], "data": data_cfg,
               "endpoints": [e["path"] for e in config["endpoints"]],
               "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],
               "settings": {"num_points": args.num_points, "bn_images": len(bn_images), "train_images": len(split_images["train"]),
                            "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns)},
               "t": ts, "columns_t": [ts[i] for i in columns], "paths": {}}
-    recon = {}
+    recon, features = {}, target_features(loss_fn, split_images, args.eval_batch_size, device)
     for name, path_net in (("curve", net), ("segment", segment_of(net))):
         path_net = path_net.to(device, memory_format=torch.channels_last)
         result["paths"][name], recon[name] = evaluate_path(
             path_net, ts, split_images, loss_fn, bn_images=bn_images, shown=shown, columns=columns,
-            batch_size=args.eval_batch_size, device=device, desc=f"{name} ({args.num_points} points)")
+            batch_size=args.eval_batch_size, device=device, desc=f"{name} ({args.num_points} points)", features=features)
     result["seconds"] = time.time() - t0
 
     to_u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731

@@ -52,7 +52,8 @@ def default_out(a: str, b: str, curve: str) -> Path:
 
 def check_compatible(config_a: dict, config_b: dict) -> None:
     """Refuse endpoints that cannot be joined by one curve, naming what differs."""
-    for key, what in (("loss", "loss"), ("vgg_weights", "VGG16 weights of the perceptual loss")):
+    for key, what in (("loss", "loss"), ("vgg_weights", "VGG16 weights of the perceptual loss"),
+                      ("vgg_layers", "VGG16 layers of the perceptual loss")):
         if config_a.get(key) != config_b.get(key):
             raise UserError(f"endpoints were trained with different {what} ({config_a.get(key)} vs {config_b.get(key)}); "
                             f"connect two endpoints of the same loss group")
@@ -60,16 +61,6 @@ def check_compatible(config_a: dict, config_b: dict) -> None:
         if config_a["model"].get(key) != config_b["model"].get(key):
             raise UserError(f"endpoints have different {key.replace('_', ' ')} ({config_a['model'].get(key)} vs "
                             f"{config_b['model'].get(key)}); train both with the same --latent-dim and --width")
-
-
-def vgg_weights_for(config: dict, path: str | None) -> str:
-    """The --vgg-weights value that rebuilds an endpoint's perceptual loss ('imagenet', 'random' or a file)."""
-    name = config.get("vgg_weights") or "imagenet"
-    if not name.startswith("file:"):
-        return name
-    if path is None or Path(path).name != name[len("file:"):]:
-        raise UserError(f"the endpoints' perceptual loss used the VGG16 weight file {name[5:]}; pass it again with --vgg-weights PATH")
-    return path
 
 
 def build_curve(model_a: ae.AutoEncoder, model_b: ae.AutoEncoder, curve: str, num_bends: int) -> curves.CurveNet:
@@ -101,14 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
     test_images = data.load_split(data_cfg, "test")
     bn_images = train_images[: args.bn_images]
     cli.seed_everything(args.seed)
-    loss_fn = ae.make_loss(cfg_a["loss"], vgg_weights_for(cfg_a, args.vgg_weights))
+    loss_fn = ae.loss_from_config(cfg_a, args.vgg_weights)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
     net = build_curve(model_a, model_b, args.curve, args.num_bends).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.free_parameters(), lr=args.lr, weight_decay=args.wd)
     endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in ((args.a, cfg_a), (args.b, cfg_b))]
     run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
-                  "vgg_weights": cfg_a.get("vgg_weights"), "data": data_cfg, "endpoints": endpoints,
+                  "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
                   "lr": args.lr, "wd": args.wd, "batch_size": args.batch_size, "seed": args.seed}
 
     start, history = 0, []

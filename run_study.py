@@ -40,13 +40,13 @@ PRESETS = {
         "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
         "width": 16, "latent_dim": 128, "batch_size": 64, "epochs": 6, "lr": 2e-3,
         "curve_epochs": 6, "curve_lr": 2e-3, "num_points": 61, "bn_images": 256, "train_images": 200,
-        "test_images": 200, "vgg_weights": "imagenet", "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "test_images": 200, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2"], "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
         "width": 32, "latent_dim": 128, "batch_size": 128, "epochs": 30, "lr": 1e-3,
         "curve_epochs": 30, "curve_lr": 1e-3, "num_points": 61, "bn_images": 5000, "train_images": 5000,
-        "test_images": 5000, "vgg_weights": "imagenet", "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"], "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
 }
 
@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--curve-lr", type=cli.positive_float, default=None, help=preset_help("curve_lr", "curve learning rate"))
     p.add_argument("--vgg-weights", default=None, help=preset_help(
         "vgg_weights", "imagenet, random, or a VGG16 .pth file; quick falls back to random when imagenet cannot be had"))
+    p.add_argument("--vgg-layers", nargs="+", choices=list(ae.VGG_LAYERS), default=None, metavar="LAYER",
+                   help=preset_help("vgg_layers", "VGG16 feature maps of the perceptual loss"))
     cli.add_device_arg(p)
     return p.parse_args(argv)
 
@@ -136,7 +138,7 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
             ckpt = out / "ae" / f"{loss}_s{seed}.pt"
             argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", s["epochs"], "--batch-size", s["batch_size"],
                     "--lr", s["lr"], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
-                    *device, "--out", ckpt]
+                    "--vgg-layers", *s["vgg_layers"], *device, "--out", ckpt]
             steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
     for loss, curve in itertools.product(s["losses"], s["curves"]):
         for i, j in itertools.combinations(s["seeds"], 2):

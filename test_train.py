@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 import ae
+import data
 import train_ae
+import training
 from conftest import tiny_args
 from files import UserError, load_ae
 
@@ -111,3 +113,16 @@ def test_imagenet_weights_offline_say_where_to_put_the_file(monkeypatch, tmp_pat
 def test_missing_vgg_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         ae.PerceptualLoss(str(tmp_path / "nope.pth"))
+
+
+def test_cached_target_features_give_the_same_losses(vgg_file):
+    loss = ae.PerceptualLoss(str(vgg_file))
+    torch.manual_seed(0)
+    model = ae.AutoEncoder(latent_dim=8, width=4)
+    images = (torch.rand(10, 3, 64, 64) * 255).to(torch.uint8)
+    common = dict(batch_size=4, device=torch.device("cpu"))
+    fresh = training.per_image_losses(model, images, loss, **common)
+    with torch.inference_mode():
+        cached = [loss.features(x) for x in data.batches(images, 4, memory_format=torch.channels_last)]
+    reused = training.per_image_losses(model, images, loss, target_features=cached, **common)
+    assert torch.equal(fresh["loss"], reused["loss"]) and fresh["loss"].min() > 0

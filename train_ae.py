@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=cli.positive_int, default=32, help="channels of the first conv layer (doubles 3 times)")
     p.add_argument("--vgg-weights", default="imagenet",
                    help="VGG16 weights for --loss perceptual: imagenet (torchvision cache or download), random (seeded, offline only), or a .pth file")
+    p.add_argument("--vgg-layers", nargs="+", default=list(ae.VGG_DEFAULT_LAYERS), choices=list(ae.VGG_LAYERS), metavar="LAYER",
+                   help=f"VGG16 feature maps the perceptual loss compares, from {', '.join(ae.VGG_LAYERS)}")
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{loss}_s{seed}.pt); .json and .png are written beside it")
@@ -67,13 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     cli.seed_everything(args.seed)
     model = ae.AutoEncoder(args.latent_dim, args.width).to(device, memory_format=torch.channels_last)
-    loss_fn = ae.make_loss(args.loss, args.vgg_weights)
+    loss_fn = ae.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers))
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run_config = {"model": ae.model_config(model), "loss": args.loss, "seed": args.seed, "data": data_cfg,
                   "batch_size": args.batch_size, "lr": args.lr,
-                  "vgg_weights": loss_fn.weights_name if args.loss == "perceptual" else None}
+                  "vgg_weights": loss_fn.weights_name if args.loss == "perceptual" else None,
+                  "vgg_layers": list(args.vgg_layers) if args.loss == "perceptual" else None}
 
     start, history = 0, []
     if args.resume and resume_file.exists():
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"no {resume_file} to resume from; starting from scratch")
     print(f"training {args.loss} autoencoder, seed {args.seed}: {len(train_images)} train / {len(test_images)} test images, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}"
-          + (f", VGG16 weights: {run_config['vgg_weights']}" if args.loss == "perceptual" else ""))
+          + (f", VGG16 weights: {run_config['vgg_weights']}, layers {', '.join(args.vgg_layers)}" if args.loss == "perceptual" else ""))
     evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
     for epoch in range(start, args.epochs):
         t0 = time.time()

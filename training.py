@@ -65,17 +65,21 @@ def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
 
 @torch.inference_mode()
 def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, batch_size: int, device: torch.device,
-                     t: float | None = None, memory_format=torch.channels_last) -> dict[str, torch.Tensor]:
-    """Per-image training loss and MSE of `model` (in eval mode) on `images`."""
+                     t: float | None = None, memory_format=torch.channels_last,
+                     target_features: list | None = None) -> dict[str, torch.Tensor]:
+    """Per-image training loss and MSE of `model` (in eval mode) on `images`. `target_features`
+    (one entry per batch, from `ae.PerceptualLoss.features`) spares recomputing VGG features of
+    the same targets at every t."""
     was_training = model.training
     model.eval()
     kwargs = {} if t is None else {"t": t}
     loss, sq = [], []
-    for x in batches(images, batch_size, device=device, memory_format=memory_format):
+    for i, x in enumerate(batches(images, batch_size, device=device, memory_format=memory_format)):
         recon = model(x, **kwargs)
         sq.append(ae.mse(recon, x, reduction="none").cpu())
         if loss_fn is not ae.mse:
-            loss.append(loss_fn(recon, x, reduction="none").cpu())
+            extra = {} if target_features is None else {"target_features": target_features[i]}
+            loss.append(loss_fn(recon, x, reduction="none", **extra).cpu())
     model.train(was_training)
     sq = torch.cat(sq)
     return {"loss": torch.cat(loss) if loss else sq, "mse": sq}
