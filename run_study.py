@@ -26,6 +26,7 @@ import ae
 import cli
 import curves
 import data
+import ensemble
 import eval_curve
 import fit_curve
 import plot
@@ -40,13 +41,15 @@ PRESETS = {
         "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
         "width": 16, "latent_dim": 128, "batch_size": 64, "epochs": 6, "lr": 2e-3,
         "curve_epochs": 6, "curve_lr": 2e-3, "num_points": 61, "bn_images": 256, "train_images": 200,
-        "test_images": 200, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2"], "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "test_images": 200, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2"],
+        "fge_cycles": 3, "fge_cycle": 1.0, "ensemble_k": 5, "ensemble_points": 11, "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
         "width": 32, "latent_dim": 128, "batch_size": 128, "epochs": 30, "lr": 1e-3,
         "curve_epochs": 30, "curve_lr": 1e-3, "num_points": 61, "bn_images": 5000, "train_images": 5000,
-        "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"], "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
+        "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
 }
 
@@ -81,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "vgg_weights", "imagenet, random, or a VGG16 .pth file; quick falls back to random when imagenet cannot be had"))
     p.add_argument("--vgg-layers", nargs="+", choices=list(ae.VGG_LAYERS), default=None, metavar="LAYER",
                    help=preset_help("vgg_layers", "VGG16 feature maps of the perceptual loss"))
+    p.add_argument("--fge-cycles", type=cli.positive_int, default=None, help=preset_help("fge_cycles", "FGE cycles (models collected)"))
+    p.add_argument("--fge-cycle", type=cli.positive_float, default=None, help=preset_help("fge_cycle", "FGE cycle length in epochs"))
+    p.add_argument("--ensemble-k", type=cli.at_least_two, default=None, help=preset_help("ensemble_k", "curve points ensembled, ends included"))
+    p.add_argument("--ensemble-points", type=cli.at_least_two, default=None, help=preset_help("ensemble_points", "values of t of Figure 2c"))
+    p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
     cli.add_device_arg(p)
     return p.parse_args(argv)
 
@@ -93,7 +101,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         if value is not None:
             settings[key] = value
     settings["curves"] = list(curves.CURVES) if args.curve == "both" else [args.curve]
-    settings.update(num_bends=args.num_bends, cache_dir=args.cache_dir, download=args.download, device=args.device, preset=args.preset)
+    settings.update(ensembles=not args.no_ensembles, num_bends=args.num_bends, cache_dir=args.cache_dir, download=args.download, device=args.device, preset=args.preset)
     if len(settings["seeds"]) < 2:
         raise UserError("a study needs at least 2 seeds per group to form a pair; pass --seeds 0 1 2")
     if len(set(settings["seeds"])) != len(settings["seeds"]):
@@ -156,6 +164,16 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
+    for loss, curve in itertools.product(s["losses"], s["curves"]) if s["ensembles"] else ():
+        i, j = s["seeds"][:2]  # the first pair's curve; every seed's endpoint joins the endpoint ensembles
+        ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
+        members = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]
+        folder = out / "ensembles" / f"{loss}_{curve}"
+        argv = ["--ckpt", ckpt, "--endpoints", *members, "--k", s["ensemble_k"], "--points", s["ensemble_points"],
+                "--fge-cycles", s["fge_cycles"], "--cycle", s["fge_cycle"], "--bn-images", s["bn_images"], "--test-images", s["test_images"],
+                *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", folder]
+        steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "main": ensemble.main, "argv": argv,
+                      "output": folder / "ensemble.json", "inputs": [ckpt, *members]})
     figures = out / "figures"
     steps.append({"name": "plot figures", "kind": "plot", "main": plot.main, "output": figures / "index.json",
                   "argv": [*(e["output"] for e in evals), "--out", figures], "inputs": [e["output"] for e in evals]})

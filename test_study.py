@@ -8,7 +8,8 @@ import run_study
 
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
          "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
-         "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu"]
+         "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu",
+         "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3"]
 
 
 def ran_steps(capsys):
@@ -28,7 +29,7 @@ def test_report_has_every_table_and_figure(study):
     folder, _, report = study
     text = report.read_text()
     assert report == folder / "report.md"
-    for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Answer"):
+    for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Ensembles", "## Answer"):
         assert heading in text
     for loss in ("mse", "perceptual"):
         assert f"figures/fig2_{loss}_bezier.png" in text and f"figures/strip_{loss}_s0-s1-bezier.png" in text
@@ -38,7 +39,7 @@ def test_report_has_every_table_and_figure(study):
         assert (folder / link).is_file(), link
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
-    assert [s["kind"] for s in record["steps"]] == ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["plot"]
+    assert [s["kind"] for s in record["steps"]] == ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["ensemble"] * 2 + ["plot"]
 
 
 def test_second_run_skips_everything(study, capsys):
@@ -53,7 +54,7 @@ def test_deleting_a_curve_reruns_only_it_and_what_depends_on_it(study, capsys):
     (folder / "curves/mse_s0-s1-bezier.pt").unlink()
     capsys.readouterr()
     run_study.main(args)
-    assert ran_steps(capsys) == ["fit mse bezier seeds 0-1", "eval mse bezier seeds 0-1", "plot figures"]
+    assert ran_steps(capsys) == ["fit mse bezier seeds 0-1", "eval mse bezier seeds 0-1", "ensembles mse bezier", "plot figures"]
 
 
 def test_changed_setting_reruns_the_steps_it_touches(study, capsys):

@@ -1,0 +1,510 @@
+"""Ensembles along a curve, and fast geometric ensembling (FGE), against honest baselines:
+`python ensemble.py --ckpt CURVE --endpoints A B C --out DIR`.
+
+An ensemble of autoencoders reconstructs an image as the mean of its members' reconstructions,
+and is scored by the group's loss (and the MSE) of that mean. Every member's BatchNorm
+statistics are recomputed on the same first --bn-images training images before it is used.
+
+Methods (Garipov et al. 2018, Section 5 and Figure 2c), each with its training budget in epochs:
+  curve      (a) Figure 2c: the pair {phi(0), phi(t)} against phi(t) alone, for --points values
+             of t; (b) K points t = i/(K-1), i = 0..K-1, endpoints INCLUDED, so K=2 is exactly the
+             two-endpoint ensemble and what the curve adds on top of its endpoints is read off
+             directly (the endpoints are paid for in the curve's budget anyway).
+             Budget: both endpoints' epochs + the curve's epochs.
+  fge        Algorithm 1 of the paper from endpoint --fge-from: Adam whose rate follows the
+             triangular cycle from --fge-lr1 (high) down to --fge-lr2 (low, at mid-cycle) and back,
+             one model collected at the middle of each cycle, where the rate is lowest.
+             Budget: the endpoint's epochs + the FGE steps (in epochs).
+  sse        snapshot ensemble (Huang et al. 2017) from the same endpoint, same steps and cycles:
+             cosine rate from --fge-lr1 to ~0 in each cycle, one model collected at its end.
+  longer     the same endpoint trained on with its own constant Adam rate for as many steps as
+             FGE took: what the extra budget buys a single model.
+  endpoints  the independently trained --endpoints as ensembles of 1, 2, 3... members.
+             Budget: the sum of the members' own epochs.
+FGE, SSE and longer training see the same batches: the endpoint's own data order, continued.
+
+Optimiser: Adam, not the paper's SGD. The endpoints were trained with Adam, so its learning-rate
+scale is known (the endpoint's rate is the default high rate), and the 'trained longer' baseline
+uses the endpoint's own schedule, so FGE differs from it only in the rate schedule and in
+collecting. Adam's moments start afresh: the endpoint checkpoints do not keep them.
+
+Diversity, next to every ensemble: the mean over pairs of members of the mean squared difference
+per pixel between their test reconstructions, and the mean pairwise cosine similarity and RMS
+distance of their flattened weight vectors (Fort et al. 2019). Averaging the members' latent
+codes is not reported: independently trained encoders share no coordinates.
+Writes <out>/ensemble.json (format aemc-ensemble-v1, with a Table-1-like list of rows),
+<out>/members.png (loss, MSE, PSNR vs members per method) and <out>/fig2c.png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import ae  # noqa: E402
+import cli  # noqa: E402
+import curves  # noqa: E402
+import data  # noqa: E402
+import training  # noqa: E402
+from eval_curve import newest_curve, target_features  # noqa: E402
+from files import UserError, ensure_dir, file_sha256, load_ae, load_curve, save_figure, write_json  # noqa: E402
+
+ENSEMBLE_FORMAT = "aemc-ensemble-v1"
+DEFINITION = ("ensemble reconstruction = mean of the members' reconstructions; its loss is the group's loss (and MSE) of "
+              "that mean; each member's BatchNorm statistics are recomputed on the same training images first")
+METHODS = {"endpoints": "independent endpoints", "curve": "curve points (ends incl.)", "fge": "FGE",
+           "sse": "snapshot ensemble", "longer": "single, trained longer"}
+CHANNELS_LAST = torch.channels_last
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli.parser(__doc__)
+    p.add_argument("--ckpt", default=None, help="curve checkpoint from fit_curve.py (default: the newest in runs/curves)")
+    p.add_argument("--endpoints", nargs="+", default=None, metavar="CKPT",
+                   help="independently trained endpoints of the curve's group, ensembled in this order (default: the curve's two)")
+    p.add_argument("--fge-from", "--a", dest="fge_from", default=None,
+                   help="endpoint that FGE, SSE and longer training start from (default: the first of --endpoints)")
+    p.add_argument("--points", type=cli.at_least_two, default=21, help="values of t in [0, 1] for Figure 2c")
+    p.add_argument("--k", type=cli.at_least_two, default=5, help="points on the curve for its ensemble, at t = i/(k-1), ends included")
+    p.add_argument("--fge-cycles", type=cli.positive_int, default=4, help="FGE cycles (= models collected)")
+    p.add_argument("--cycle", type=cli.positive_float, default=2.0, help="cycle length in epochs (rounded to an even number of steps)")
+    p.add_argument("--cycle-steps", type=cli.positive_int, default=None, help="cycle length in steps (even); overrides --cycle")
+    p.add_argument("--fge-lr1", type=cli.positive_float, default=None, help="high rate alpha1, at the cycle's ends (default: the endpoint's Adam rate)")
+    p.add_argument("--fge-lr2", type=cli.positive_float, default=None, help="low rate alpha2, at mid-cycle where models are collected (default: alpha1 / 10)")
+    p.add_argument("--no-sse", action="store_true", help="skip the snapshot-ensemble baseline")
+    p.add_argument("--batch-size", type=cli.positive_int, default=None, help="batch size of FGE, SSE and longer training (default: the endpoint's)")
+    p.add_argument("--seed", type=int, default=None, help="seed of their data order (default: the endpoint's, continuing its order)")
+    p.add_argument("--bn-images", type=cli.positive_int, default=2000, help="training images for every member's BatchNorm statistics")
+    p.add_argument("--test-images", type=cli.positive_int, default=2000, help="test images every ensemble is scored on")
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
+    p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
+    data.add_data_args(p, inherit=True)
+    cli.add_device_arg(p)
+    p.add_argument("--out", default=None, help="output folder (default: runs/ensembles/<curve>)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+
+def fge_lr(i: int, cycle: int, lr1: float, lr2: float) -> float:
+    """The paper's triangular rate at iteration i (1-based): alpha1 at the cycle's ends, alpha2 at its middle."""
+    t = ((i - 1) % cycle + 1) / cycle
+    return (1 - 2 * t) * lr1 + 2 * t * lr2 if t <= 0.5 else (2 - 2 * t) * lr2 + (2 * t - 1) * lr1
+
+
+def fge_collects(i: int, cycle: int) -> bool:
+    """FGE collects the weights after iteration i at mid-cycle, where the rate is alpha2."""
+    return i % cycle == cycle // 2
+
+
+def sse_lr(i: int, cycle: int, lr1: float) -> float:
+    """Snapshot ensembles' cosine rate at iteration i (1-based): lr1 at a cycle's start, near 0 at its end."""
+    return lr1 / 2 * (1 + math.cos(math.pi * ((i - 1) % cycle) / cycle))
+
+
+class _Done(Exception):
+    """Raised before the step after the last one, to end training mid-epoch."""
+
+
+def train_steps(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, steps: int, lr_at: Callable[[int], float],
+                collect_at: Callable[[int], bool], on_collect: Callable[[int, nn.Module], None], batch_size: int, seed: int,
+                first_epoch: int, device: torch.device, desc: str) -> list[float]:
+    """Train `model` with Adam for `steps` iterations, iteration i (1-based) at rate lr_at(i), calling
+    on_collect(i, model) right after every iteration i with collect_at(i). Epoch e draws its data
+    order from training.epoch_generator(seed, first_epoch + e). Returns the rate of every iteration."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(1))
+    rates: list[float] = []
+
+    def before_step(_: int) -> None:
+        i = len(rates) + 1  # the iteration about to run; the weights are those after iteration i - 1
+        if i > steps:
+            raise _Done
+        if i > 1 and collect_at(i - 1):
+            on_collect(i - 1, model)
+            model.train()
+        rates.append(lr_at(i))
+        for group in optimizer.param_groups:
+            group["lr"] = rates[-1]
+
+    per_epoch = math.ceil(len(images) / batch_size)
+    for e in range(math.ceil(steps / per_epoch)):
+        try:
+            training.train_epoch(model, images, loss_fn, optimizer, batch_size=batch_size, device=device, desc=desc,
+                                 generator=training.epoch_generator(seed, first_epoch + e), epoch=first_epoch + e,
+                                 before_step=before_step)
+        except _Done:
+            break
+    if collect_at(steps):
+        on_collect(steps, model)
+    return rates
+
+
+# ---------------------------------------------------------------- members and ensembles
+
+def flat_weights(model: nn.Module) -> torch.Tensor:
+    """The model's parameters (no BatchNorm statistics) as one float64 vector on the CPU."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu()
+
+
+@torch.no_grad()
+def image_losses(recon: torch.Tensor, images: torch.Tensor, loss_fn: Callable, *, batch_size: int, device: torch.device,
+                 features: list | None = None) -> dict[str, torch.Tensor]:
+    """Per-image group loss and MSE of reconstructions `recon` of the uint8 `images`; `features`, when
+    given, are the perceptual loss's target features per batch (computed once for all members)."""
+    loss, sq = [], []
+    batches = data.batches(images, batch_size, device=device, memory_format=CHANNELS_LAST)
+    for i, x in enumerate(batches):
+        r = recon[i * batch_size:(i + 1) * batch_size]
+        sq.append(ae.mse(r, x, reduction="none").cpu())
+        if loss_fn is not ae.mse:
+            extra = {} if features is None else {"target_features": features[i]}
+            loss.append(loss_fn(r, x, reduction="none", **extra).cpu())
+    sq = torch.cat(sq)
+    return {"loss": torch.cat(loss) if loss else sq, "mse": sq}
+
+
+@torch.no_grad()
+def member(model: nn.Module, ev: dict) -> dict:
+    """One member: BatchNorm statistics recomputed on ev['bn_images'], then its test
+    reconstructions, mean test loss and MSE, and flat weights."""
+    batch_size, device = ev["batch_size"], ev["device"]
+    model = model.to(device, memory_format=CHANNELS_LAST)
+    curves.update_bn(model, data.batches(ev["bn_images"], batch_size, device=device, memory_format=CHANNELS_LAST))
+    model.eval()
+    recon = torch.cat([model(x) for x in data.batches(ev["images"], batch_size, device=device, memory_format=CHANNELS_LAST)])
+    losses = image_losses(recon, ev["images"], ev["loss_fn"], batch_size=batch_size, device=device, features=ev["features"])
+    return {"recon": recon, "weights": flat_weights(model), "test_loss": losses["loss"].double().mean().item(),
+            "test_mse": losses["mse"].double().mean().item()}
+
+
+class Ensemble:
+    """A growing ensemble scored as the mean of its members' reconstructions. It keeps running sums
+    (reconstructions, their squared norms, the weight vectors and their unit vectors), so members
+    need not be kept and the pairwise diversities follow exactly from
+    sum_{i<j} |a_i - a_j|^2 = M sum_i |a_i|^2 - |sum_i a_i|^2."""
+
+    def __init__(self):
+        self.size, self.recon_sq, self.weight_sq = 0, 0.0, 0.0
+        self.recon_sum = self.weight_sum = self.unit_sum = None
+        self.member_loss, self.member_mse = [], []
+
+    @torch.no_grad()
+    def add(self, m: dict) -> "Ensemble":
+        r, w = m["recon"], m["weights"]
+        self.recon_sum = r.clone() if self.recon_sum is None else self.recon_sum.add_(r)
+        self.recon_sq += torch.linalg.vector_norm(r, dtype=torch.float64).item() ** 2
+        self.weight_sum = w.clone() if self.weight_sum is None else self.weight_sum.add_(w)
+        self.unit_sum = w / w.norm() if self.unit_sum is None else self.unit_sum.add_(w / w.norm())
+        self.weight_sq += w.dot(w).item()
+        self.size += 1
+        self.member_loss.append(m["test_loss"])
+        self.member_mse.append(m["test_mse"])
+        return self
+
+    def score(self, ev: dict) -> dict:
+        """Test loss, MSE (mean and standard error over images) and PSNR of the ensemble, its
+        members' mean loss and MSE, and the members' diversity (None for a single member)."""
+        n = self.size
+        if n == 0:
+            raise ValueError("an ensemble needs at least one member")
+        values = image_losses(self.recon_sum / n, ev["images"], ev["loss_fn"], batch_size=ev["batch_size"], device=ev["device"],
+                              features=ev["features"])
+        loss, loss_se = training.mean_and_se(values["loss"])
+        sq, sq_se = training.mean_and_se(values["mse"])
+        out = {"members": n, "test_loss": loss, "test_loss_se": loss_se, "test_mse": sq, "test_mse_se": sq_se,
+               "test_psnr": ae.psnr(sq), "member_test_loss": float(np.mean(self.member_loss)),
+               "member_test_mse": float(np.mean(self.member_mse)), "diversity": None, "weight_cosine": None, "weight_distance": None}
+        if n > 1:
+            pairs = n * (n - 1) / 2
+            sum_sq = torch.linalg.vector_norm(self.recon_sum, dtype=torch.float64).item() ** 2
+            out["diversity"] = max(n * self.recon_sq - sum_sq, 0.0) / pairs / self.recon_sum[0].numel() / len(self.recon_sum)
+            out["weight_cosine"] = (self.unit_sum.dot(self.unit_sum).item() - n) / (2 * pairs)
+            out["weight_distance"] = math.sqrt(max(n * self.weight_sq - self.weight_sum.dot(self.weight_sum).item(), 0.0) / pairs)
+        return out
+
+
+def ensemble_of(models: list[dict]) -> Ensemble:
+    """An Ensemble of the given members."""
+    ens = Ensemble()
+    for m in models:
+        ens.add(m)
+    return ens
+
+
+# ---------------------------------------------------------------- the methods
+
+def curve_member(net: curves.CurveNet, t: float, ev: dict) -> dict:
+    """phi(t) as a member, its BatchNorm statistics recomputed at t."""
+    return member(net.export(t), ev)
+
+
+def figure_2c(net: curves.CurveNet, ts: list[float], first: dict, ev: dict) -> dict:
+    """For every t: phi(t) alone and the pair {phi(0), phi(t)} (`first` is phi(0))."""
+    out = {"t": ts, "single": {"test_loss": [], "test_mse": [], "test_psnr": []},
+           "ensemble": {"test_loss": [], "test_mse": [], "test_psnr": []}, "diversity": [], "weight_cosine": []}
+    for t in tqdm(ts, desc="Figure 2c", leave=False, disable=None, dynamic_ncols=True):
+        m = curve_member(net, t, ev)
+        pair = ensemble_of([first, m]).score(ev)
+        for name in ("test_loss", "test_mse"):
+            out["single"][name].append(m[name])
+            out["ensemble"][name].append(pair[name])
+        out["single"]["test_psnr"].append(ae.psnr(m["test_mse"]))
+        out["ensemble"]["test_psnr"].append(pair["test_psnr"])
+        out["diversity"].append(pair["diversity"])
+        out["weight_cosine"].append(pair["weight_cosine"])
+    best = int(np.argmin(out["ensemble"]["test_loss"]))
+    out["t_best"], out["best_ensemble_loss"] = ts[best], out["ensemble"]["test_loss"][best]
+    return out
+
+
+def curve_ensembles(net: curves.CurveNet, k: int, ends: tuple[dict, dict], budget: float, ev: dict) -> dict:
+    """Ensembles of m = 2..k evenly spaced points t = i/(m-1), ends included."""
+    growth = []
+    for m in tqdm(range(2, k + 1), desc="curve ensembles", leave=False, disable=None, dynamic_ncols=True):
+        ts = [i / (m - 1) for i in range(m)]
+        members = [ends[0], *(curve_member(net, t, ev) for t in ts[1:-1]), ends[1]]
+        growth.append({**ensemble_of(members).score(ev), "t": ts, "budget_epochs": budget})
+    return {"label": METHODS["curve"], "placement": "t = i/(K-1), i = 0..K-1 (endpoints included)", "growth": growth}
+
+
+def cyclic_ensemble(name: str, start: nn.Module, train_images: torch.Tensor, loss_fn: Callable, *, steps: int,
+                    lr_at: Callable[[int], float], collect_at: Callable[[int], bool], budget: float, fit: dict, ev: dict) -> dict:
+    """Train a copy of `start` for `steps` iterations, adding each collected model to a growing
+    ensemble that is scored right away (per-cycle print)."""
+    model, ens, growth, collected = copy.deepcopy(start), Ensemble(), [], []
+
+    def on_collect(i: int, live: nn.Module) -> None:
+        m = member(copy.deepcopy(live), ev)
+        growth.append({**ens.add(m).score(ev), "iteration": i, "lr": lr_at(i), "budget_epochs": budget})
+        collected.append(i)
+        g = growth[-1]
+        print(f"{name}: model {len(growth)} after iteration {i}/{steps} (lr {lr_at(i):.3g}): its test loss {m['test_loss']:.5f}; "
+              f"ensemble of {g['members']}: test loss {g['test_loss']:.5f}, mse {g['test_mse']:.5f}, psnr {g['test_psnr']:.2f} dB", flush=True)
+
+    rates = train_steps(model, train_images, loss_fn, steps=steps, lr_at=lr_at, collect_at=collect_at, on_collect=on_collect,
+                        desc=name, **fit)
+    return {"label": METHODS.get(name, name), "collected_at": collected, "lr_at_collection": [rates[i - 1] for i in collected],
+            "lr_min": min(rates), "lr_max": max(rates), "growth": growth}
+
+
+# ---------------------------------------------------------------- input checks, budgets, figures
+
+def epochs_of(config: dict, what: str) -> float:
+    """A checkpoint's own training epochs, or a UserError: the budget cannot be accounted without it."""
+    epochs = config.get("epochs")
+    if not isinstance(epochs, (int, float)) or isinstance(epochs, bool):
+        raise UserError(f"{what} records no training epochs, so its budget cannot be accounted; use checkpoints of train_ae.py / fit_curve.py")
+    return float(epochs)
+
+
+def check_member(path: str, config: dict, group: dict) -> None:
+    """Refuse an endpoint outside the curve's loss group or architecture, naming what differs."""
+    for key in ("loss", "vgg_weights", "vgg_layers", "model"):
+        if config.get(key) != group.get(key):
+            raise UserError(f"{path} has {key} {config.get(key)}, but the curve's group has {group.get(key)}; "
+                            f"ensemble members must share the curve's loss and architecture")
+
+
+def cycle_steps(args: argparse.Namespace, per_epoch: int) -> int:
+    """The cycle length c in steps: --cycle-steps, else --cycle epochs rounded to an even number >= 2."""
+    if args.cycle_steps is not None:
+        return args.cycle_steps
+    return max(2, 2 * round(args.cycle * per_epoch / 2))
+
+
+def table_rows(methods: dict) -> list[dict]:
+    """Table 1 of the paper, for autoencoders: one row per ensemble worth comparing."""
+    rows, keys = [], ("budget_epochs", "members", "test_loss", "test_loss_se", "test_mse", "test_psnr", "member_test_loss",
+                      "member_test_mse", "diversity", "weight_cosine", "weight_distance")
+    def row(method: str, label: str, g: dict) -> dict:
+        return {"method": method, "label": label, **{k: g[k] for k in keys}}
+    ends = methods["endpoints"]["growth"]
+    rows.append(row("endpoints", "single endpoint", ends[0]))
+    rows += [row("endpoints", f"{g['members']} independent endpoints", g) for g in ends[1:]]
+    g = methods["curve"]["growth"][-1]
+    rows.append(row("curve", f"{g['members']} points on the curve (ends incl.)", g))
+    for name in ("fge", "sse"):
+        if name in methods:
+            g = methods[name]["growth"][-1]
+            rows.append(row(name, f"{METHODS[name]}, {g['members']} models", g))
+    rows.append(row("longer", METHODS["longer"], methods["longer"]["growth"][0]))
+    return rows
+
+
+def draw_members(result: dict) -> plt.Figure:
+    """Test loss, MSE and PSNR against the number of members, one line per method (budget in the legend)."""
+    panels = [("test_loss", f"test {result['loss']}")] + ([("test_mse", "test MSE")] if result["loss"] != "mse" else [])
+    panels.append(("test_psnr", "test PSNR (dB)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    for ax, (key, title) in zip(axes, panels):
+        for name, method in result["methods"].items():
+            growth = method["growth"]
+            budgets = sorted({g["budget_epochs"] for g in growth})
+            budget = f"{budgets[0]:g}" if len(budgets) == 1 else f"{budgets[0]:g}-{budgets[-1]:g}"
+            ax.plot([g["members"] for g in growth], [g[key] for g in growth], "*" if len(growth) == 1 else "o-",
+                    ms=11 if len(growth) == 1 else 5, label=f"{method['label']} ({budget} ep)")
+        ax.set_xlabel("members")
+        ax.set_ylabel(title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{result['loss']} autoencoders: ensembles vs members (budget in epochs)")
+    fig.tight_layout()
+    return fig
+
+
+def draw_fig2c(result: dict) -> plt.Figure:
+    """Figure 2c: the pair {phi(0), phi(t)} and phi(t) alone against t, and their diversity."""
+    f = result["fig2c"]
+    panels = [("test_loss", f"test {result['loss']}")] + ([("test_mse", "test MSE")] if result["loss"] != "mse" else [])
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.2))
+    for ax, (key, title) in zip(axes, panels):
+        ax.plot(f["t"], f["single"][key], "-", lw=1.8, label="phi(t) alone")
+        ax.plot(f["t"], f["ensemble"][key], "-", lw=1.8, label="ensemble {phi(0), phi(t)}")
+        ax.axhline(f["single"][key][0], color="gray", ls=":", lw=1, label="phi(0)")
+        ax.set_ylabel(title)
+    axes[-1].plot(f["t"], f["diversity"], "-", color="C2", lw=1.8)
+    axes[-1].set_ylabel("diversity of phi(0), phi(t) (mean sq. diff. per pixel)")
+    for ax in axes:
+        ax.set_xlabel("t")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Figure 2c for autoencoders: {result['curve']} curve, {result['loss']} loss")
+    fig.tight_layout()
+    return fig
+
+
+def print_table(result: dict) -> None:
+    print(f"\nensembles, {result['loss']} loss, on {result['settings']['test_images']} test images:")
+    print(f"{'method':38} {'epochs':>7} {'M':>3} {'loss':>9} {'mse':>9} {'psnr':>6} {'members':>9} {'divers.':>9} {'w cos':>6}")
+    for r in result["table"]:
+        div = "-" if r["diversity"] is None else f"{r['diversity']:.3g}"
+        cos = "-" if r["weight_cosine"] is None else f"{r['weight_cosine']:.3f}"
+        print(f"{r['label']:38} {r['budget_epochs']:7.3g} {r['members']:3d} {r['test_loss']:9.5f} {r['test_mse']:9.5f} "
+              f"{r['test_psnr']:6.2f} {r['member_test_loss']:9.5f} {div:>9} {cos:>6}")
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.cycle_steps is not None and args.cycle_steps % 2:
+        raise UserError(f"--cycle-steps must be even (models are collected at mid-cycle), got {args.cycle_steps}")
+    device = cli.pick_device(args.device)
+    ckpt_path = Path(args.ckpt) if args.ckpt else newest_curve()
+    net, ckpt = load_curve(ckpt_path)
+    config = ckpt["config"]
+    endpoint_paths = args.endpoints or [e["path"] for e in config["endpoints"]]
+    if len({Path(p).resolve() for p in endpoint_paths}) != len(endpoint_paths):
+        raise UserError(f"--endpoints has repeats ({' '.join(map(str, endpoint_paths))}); give distinct checkpoints")
+    fge_path = args.fge_from or endpoint_paths[0]
+    loaded = {str(p): load_ae(p) for p in [*endpoint_paths, fge_path]}
+    for path, (_, c) in loaded.items():
+        check_member(path, c["config"], config)
+        if c["config"].get("data") != config["data"]:
+            print(f"warning: {path} was trained on other data settings than the curve; all members are scored on the curve's")
+    start_model, start_ckpt = loaded[str(fge_path)]
+    start_cfg = start_ckpt["config"]
+    lr1 = args.fge_lr1 or float(start_cfg["lr"])
+    lr2 = args.fge_lr2 if args.fge_lr2 is not None else lr1 / 10
+    if not lr2 < lr1:
+        raise UserError(f"--fge-lr2 ({lr2:g}) must be below --fge-lr1 ({lr1:g}): alpha2 is the low rate at which models are collected")
+
+    out = ensure_dir(Path(args.out) if args.out else Path("runs/ensembles") / ckpt_path.stem)
+    data_cfg = data.data_config(args, base=config["data"])
+    train_images = data.load_split(data_cfg, "train")
+    test_images = data.load_split(data_cfg, "test")[: args.test_images]
+    loss_fn = ae.loss_from_config(config, args.vgg_weights)
+    if isinstance(loss_fn, torch.nn.Module):
+        loss_fn = loss_fn.to(device, memory_format=CHANNELS_LAST)
+    # how every member and ensemble is scored: BatchNorm on bn_images, then the loss on the test images
+    ev = {"images": test_images, "bn_images": train_images[: args.bn_images], "loss_fn": loss_fn, "batch_size": args.eval_batch_size,
+          "device": device, "features": target_features(loss_fn, {"test": test_images}, args.eval_batch_size, device)["test"]}
+
+    batch_size = args.batch_size or int(start_cfg.get("batch_size") or 128)
+    per_epoch = math.ceil(len(train_images) / batch_size)
+    cycle = cycle_steps(args, per_epoch)
+    steps = cycle * args.fge_cycles
+    seed = args.seed if args.seed is not None else int(start_cfg.get("seed") or 0)
+
+    # Budgets in epochs: every method counts all the training its members needed.
+    start_epochs = epochs_of(start_cfg, str(fge_path))
+    fge_epochs = steps / per_epoch
+    end_epochs = [epochs_of(loaded[str(p)][1]["config"], str(p)) for p in endpoint_paths]
+    curve_parts = [{"what": f"endpoint {Path(e['path']).name}", "epochs": epochs_of(e["config"], e["path"])} for e in config["endpoints"]]
+    curve_parts.append({"what": f"{config['curve']} curve fit", "epochs": epochs_of(config, str(ckpt_path))})
+    cyclic_parts = [{"what": f"endpoint {Path(fge_path).name}", "epochs": start_epochs},
+                    {"what": f"{steps} steps ({args.fge_cycles} cycles of {cycle}) of {per_epoch} per epoch", "epochs": fge_epochs}]
+    budget = {"endpoints": {"epochs": sum(end_epochs), "parts": [{"what": f"endpoint {Path(p).name}", "epochs": e}
+                                                                  for p, e in zip(endpoint_paths, end_epochs)],
+                            "rule": "an ensemble of the first M endpoints costs the sum of their own epochs"},
+              "curve": {"epochs": sum(p["epochs"] for p in curve_parts), "parts": curve_parts,
+                        "rule": "both endpoints' epochs + the curve's epochs (also for Figure 2c)"},
+              **{name: {"epochs": start_epochs + fge_epochs, "parts": cyclic_parts, "rule": "the start endpoint's epochs + the extra steps"}
+                 for name in ("fge", "sse", "longer") if not (name == "sse" and args.no_sse)}}
+
+    print(f"ensembles for {ckpt_path} ({config['loss']} loss): {len(endpoint_paths)} endpoints, {len(test_images)} test images, "
+          f"device {device}; FGE from {fge_path}: {args.fge_cycles} cycles of {cycle} steps, lr {lr1:g} -> {lr2:g} (Adam)")
+    t0 = time.time()
+    net = net.to(device, memory_format=CHANNELS_LAST)
+    ends = (curve_member(net, 0.0, ev), curve_member(net, 1.0, ev))
+    fig2c = figure_2c(net, np.linspace(0.0, 1.0, args.points).tolist(), ends[0], ev)
+    print(f"Figure 2c: best pair {{phi(0), phi({fig2c['t_best']:.3f})}} test loss {fig2c['best_ensemble_loss']:.5f} "
+          f"(phi(0) alone {fig2c['single']['test_loss'][0]:.5f}, with phi(1) {fig2c['ensemble']['test_loss'][-1]:.5f})")
+    methods = {"curve": curve_ensembles(net, args.k, ends, budget["curve"]["epochs"], ev)}
+    del ends
+
+    ens, growth = Ensemble(), []
+    for path, epochs in zip(endpoint_paths, np.cumsum(end_epochs).tolist()):
+        growth.append({**ens.add(member(copy.deepcopy(loaded[str(path)][0]), ev)).score(ev), "budget_epochs": epochs, "path": str(path)})
+    methods["endpoints"] = {"label": METHODS["endpoints"], "growth": growth}
+
+    fit = {"batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "device": device}
+    start_model = start_model.to(device, memory_format=CHANNELS_LAST)
+    cyclic = {"train_images": train_images, "loss_fn": loss_fn, "steps": steps, "budget": budget["fge"]["epochs"], "fit": fit, "ev": ev}
+    methods["fge"] = cyclic_ensemble("fge", start_model, lr_at=lambda i: fge_lr(i, cycle, lr1, lr2),
+                                     collect_at=lambda i: fge_collects(i, cycle), **cyclic)
+    if not args.no_sse:
+        methods["sse"] = cyclic_ensemble("sse", start_model, lr_at=lambda i: sse_lr(i, cycle, lr1),
+                                         collect_at=lambda i: i % cycle == 0, **cyclic)
+    start_lr = float(start_cfg["lr"])
+    methods["longer"] = cyclic_ensemble("longer", start_model, lr_at=lambda i: start_lr, collect_at=lambda i: i == steps, **cyclic)
+
+    result = {"format": ENSEMBLE_FORMAT, "definition": DEFINITION, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
+              "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"], "vgg_weights": config.get("vgg_weights"),
+              "vgg_layers": config.get("vgg_layers"),
+              "model": config["model"], "data": data_cfg, "endpoints": [str(p) for p in endpoint_paths], "fge_from": str(fge_path),
+              "settings": {"points": args.points, "k": args.k, "bn_images": len(ev["bn_images"]), "test_images": len(test_images),
+                           "eval_batch_size": args.eval_batch_size,
+                           "fge": {"optimizer": "adam", "lr1": lr1, "lr2": lr2, "cycles": args.fge_cycles, "cycle_steps": cycle,
+                                   "cycle_epochs": cycle / per_epoch, "steps": steps, "steps_per_epoch": per_epoch,
+                                   "batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs),
+                                   "sse": not args.no_sse, "longer_lr": start_lr}},
+              "budget": budget, "fig2c": fig2c, "methods": methods, "table": table_rows(methods), "seconds": time.time() - t0}
+    files = {"members_png": "members.png", "fig2c_png": "fig2c.png"}
+    for key, draw in (("members_png", draw_members), ("fig2c_png", draw_fig2c)):
+        fig = draw(result)
+        save_figure(fig, out / files[key], dpi=130)
+        plt.close(fig)
+    result["files"] = files
+    write_json(out / "ensemble.json", result)  # last: its presence means the run and its figures are complete
+    print_table(result)
+    print(f"\nwrote {out / 'ensemble.json'}, {files['members_png']}, {files['fig2c_png']} ({result['seconds']:.0f}s)")
+    return result
+
+
+if __name__ == "__main__":
+    cli.run(main)
