@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from files import UserError
+from files import UserError, load_failure
 
 IMAGE_SIZE = 64
 LOSSES = ("mse", "perceptual")
@@ -127,11 +127,11 @@ def vgg16_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequential:
         try:
             state = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise UserError(f"cannot read VGG16 weights from {source}: {str(e).splitlines()[0][:150]}") from None
+            raise UserError(f"cannot read VGG16 weights from {source}: {load_failure(e)}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if isinstance(state, dict) and any(str(k).startswith("features.") for k in state):
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        state = {k[len("features."):]: v for k, v in state.items() if str(k).startswith("features.")}
     try:
         features.load_state_dict(state)
     except Exception as e:

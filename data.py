@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from cli import positive_int
-from files import CheckpointError, UserError, load_checkpoint, save_checkpoint
+from files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 SPLITS = ("train", "valid", "test")
 DATASETS = ("synthetic", "celeba", "folder")
@@ -177,7 +177,7 @@ def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
         print(f"warning: the data cache is unusable ({e}); rebuilding it", file=sys.stderr)
         return None
     images = data["images"]
-    if data["key"] != key:
+    if not plain_equal(data["key"], key):
         problem = "was made with other settings or from other files"
     elif not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 \
             or images.dim() != 4 or tuple(images.shape[1:]) != (3, SIZE, SIZE) or len(images) == 0:

@@ -11,11 +11,19 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+
+# mkstemp makes its file private (0600); written files get the mode a plain open() gives them.
+# os.umask can only be read by setting it, so it is read once, here.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class UserError(Exception):
@@ -42,20 +50,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     """Call `write(f)` on a temporary file beside `path`, fsync it, then rename it onto `path`."""
     path = Path(path)
     folder = ensure_dir(path.parent if str(path.parent) else ".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as e:
-        _remove(tmp)
+        if tmp is not None:
+            _remove(tmp)
         raise UserError(f"could not write {path}: {e.strerror or e}; the previous file, if any, is unchanged") from None
     except BaseException:
-        _remove(tmp)
+        if tmp is not None:
+            _remove(tmp)
         raise
     return path
+
+
+def _chmod(path: str | os.PathLike, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError:  # some file systems (FAT, SMB mounts) refuse chmod; the file itself is fine
+        pass
 
 
 def _remove(path: str | os.PathLike) -> None:
@@ -100,12 +119,19 @@ def load_checkpoint(path: str | os.PathLike, kind: str, required: tuple[str, ...
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?); recreate it")
     try:
+        # torch.save writes a zip with a CRC-32 per record, but torch.load never checks them:
+        # without this, a flipped byte in a tensor would load silently as a wrong value
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"checkpoint {path} is damaged (the checksum of {damaged} does not match); recreate it")
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for damaged or unsafe files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds pickled Python objects, which are never loaded (they could run code)"
-        raise CheckpointError(f"cannot load checkpoint {path}: {reason[:200]}; recreate it with this toolkit") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}; check the file and its permissions") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # zipfile and torch raise many types for damaged or unsafe files
+        raise CheckpointError(f"cannot load checkpoint {path}: {load_failure(e)}; recreate it with this toolkit") from None
     if not isinstance(data, dict) or "format" not in data:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no format tag); expected a '{kind}' file")
     if data["format"] != kind:
@@ -114,6 +140,27 @@ def load_checkpoint(path: str | os.PathLike, kind: str, required: tuple[str, ...
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is damaged or from another version")
     return data
+
+
+def load_failure(e: Exception) -> str:
+    """Why torch.load refused a file, in a few words (torch's own messages run to paragraphs and
+    suggest weights_only=False, the one thing never to do with a file one cannot trust)."""
+    text = str(e)
+    if any(sign in text for sign in ("GLOBAL", "add_safe_globals", "unrecognized function")):
+        return "it holds pickled Python objects, which are never loaded (they could run code)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue", "Check the doc"))]
+    detail = re.sub(r"^\[enforce fail at [^]]*\]\W*", "", (specific or lines or [type(e).__name__])[0]).split(". ")[0]
+    return f"it is truncated, damaged or not a PyTorch file ({detail[:120]})"
+
+
+def plain_equal(a: Any, b: Any) -> bool:
+    """`a == b` for plain data read from a file, False where the comparison cannot be made (a
+    tensor where a number was expected makes == elementwise, and bool() of that raises)."""
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):
+        return False
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -143,7 +190,7 @@ def load_ae(path: str | os.PathLike):
     try:
         model = ae.build_model(ckpt["config"]["model"])
         model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{path} does not hold a usable autoencoder ({_first_line(e)}); retrain it") from None
     return model, ckpt
 
@@ -159,13 +206,12 @@ def load_curve(path: str | os.PathLike, check_endpoints: bool = True):
         config = ckpt["config"]
         net = curves.CurveNet(ae.build_model(config["model"]), config["curve"], int(config["num_bends"]))
         net.load_state_dict(ckpt["state_dict"])
-        endpoints = list(config["endpoints"])
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        endpoints = [(Path(end["path"]), end["sha256"]) for end in config["endpoints"]]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{path} does not hold a usable curve ({_first_line(e)}); refit it with fit_curve.py") from None
     if check_endpoints:
-        for end in endpoints:
-            end_path = Path(end["path"])
-            if end_path.exists() and file_sha256(end_path) != end["sha256"]:
+        for end_path, sha256 in endpoints:
+            if end_path.is_file() and file_sha256(end_path) != sha256:
                 raise CheckpointError(f"endpoint {end_path} changed since the curve {path} was fitted; "
                                       f"refit the curve (or restore the endpoint)")
     return net, ckpt

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     net = net.to(memory_format=torch.contiguous_format)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_checkpoint(out, CURVE_FORMAT, {"state_dict": state, "config": {**run_config, "epochs": args.epochs}, "history": history})
+    save_checkpoint(out, CURVE_FORMAT, {"state_dict": state, "config": {**run_config, "epochs": args.epochs},
+                                             "history": training.without_timing(history)})
     resume_file.unlink(missing_ok=True)
     print(f"wrote {out}")
     return {"out": str(out), "history": history}

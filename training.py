@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 import ae
 from data import batches
-from files import CheckpointError, UserError, load_checkpoint, save_checkpoint
+from files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 RESUME_FORMAT = "aemc-resume-v1"
 
@@ -93,6 +93,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, loss_fn: Callable, **kwargs
     return {"loss": loss, "loss_se": loss_se, "mse": sq, "mse_se": sq_se, "psnr": ae.psnr(sq)}
 
 
+def without_timing(history: list[dict]) -> list[dict]:
+    """The history without wall-clock seconds, for checkpoints: the same seed and flags then give
+    byte-identical files (the seconds stay in the JSON and on the console)."""
+    return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
+
+
 def resume_path(out: str | Path) -> Path:
     """Where a run writing `out` keeps its per-epoch resume state."""
     out = Path(out)
@@ -109,14 +115,32 @@ def save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
 def load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict) -> tuple[int, list]:
     """Restore a resume state into `model` and `optimizer`; returns (next epoch, history)."""
     state = load_checkpoint(path, RESUME_FORMAT, ("model", "optimizer", "epoch", "history", "config", "rng"))
-    if state["config"] != config:
-        changed = sorted(k for k in set(config) | set(state["config"]) if config.get(k) != state["config"].get(k))
-        raise UserError(f"{path} was started with different settings ({', '.join(changed)}); "
+    if not plain_equal(state["config"], config):
+        saved = state["config"] if isinstance(state["config"], dict) else {}
+        changed = sorted((k for k in set(config) | set(saved) if not plain_equal(config.get(k), saved.get(k))), key=str)
+        raise UserError(f"{path} was started with different settings ({', '.join(map(str, changed))}); "
                         f"rerun with the same flags, or without --resume to start over")
     try:
+        epoch, history = state["epoch"], list(state["history"])
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch is {epoch!r}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        check_optimizer_state(optimizer)
         torch.set_rng_state(state["rng"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} does not match this model ({str(e).splitlines()[0][:120]}); delete it to start over") from None
-    return int(state["epoch"]) + 1, list(state["history"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"{path} does not match this model ({reason}); delete it to start over") from None
+    return epoch + 1, history
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError unless every per-parameter state is a float tensor shaped like its parameter
+    (or a scalar, like Adam's step): load_state_dict accepts anything, and the next step would fail."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if value is None:
+                    continue
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.shape not in (p.shape, ()):
+                    raise ValueError(f"optimizer state {name!r} does not fit a parameter of shape {tuple(p.shape)}")
