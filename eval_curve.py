@@ -124,7 +124,7 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
                 recon.append(net(shown, t=t).cpu())
     out["length"] = float(sum(out["dl"]))
     out["summary"] = {name: summarize(out[name], ts, out["dl"]) for name in METRICS}
-    return out, torch.stack(recon)
+    return out, torch.stack(recon) if recon else None
 
 
 def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,
