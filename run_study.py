@@ -192,6 +192,18 @@ def step_key(step: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def finished_steps(record_path: Path) -> dict:
+    """The steps an earlier run of this study finished, from its study.json (none if unreadable)."""
+    if not record_path.exists():
+        return {}
+    try:
+        done = json.loads(record_path.read_text()).get("done", {})
+        return done if isinstance(done, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        print(f"warning: {record_path} is unreadable; every step will be redone", file=sys.stderr)
+        return {}
+
+
 def fmt_time(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
@@ -203,10 +215,10 @@ def main(argv: list[str] | None = None) -> Path:
     device = cli.pick_device(args.device)
     out = Path(args.out)
     record_path = out / "study.json"
-    previous = json.loads(record_path.read_text()).get("done", {}) if record_path.exists() and not args.force else {}
-    ensure_dir(out)
+    previous = {} if args.force else finished_steps(record_path)
     data_cfg = data.data_config(argparse.Namespace(**{k: settings.get(k) for k in data.DEFAULTS}))
     sizes = {split: len(data.load_split(data_cfg, split)) for split in ("train", "test")}  # also fills the cache once
+    ensure_dir(out)
     vgg, fallback = choose_vgg_weights(settings)
     steps = plan(settings, out, vgg)
     record = {"format": STUDY_FORMAT, "preset": args.preset, "settings": settings, "vgg_weights": vgg, "vgg_fallback": fallback,
@@ -219,8 +231,9 @@ def main(argv: list[str] | None = None) -> Path:
         output, key = step["output"], step_key(step)
         done = record["done"].get(str(output))
         upstream_ran = any(str(p) in ran for p in step["inputs"])
-        if done and done["key"] == key and Path(output).exists() and not upstream_ran:
-            record["steps"].append({"name": step["name"], "kind": step["kind"], "output": str(output), "seconds": done["seconds"], "skipped": True})
+        if isinstance(done, dict) and done.get("key") == key and Path(output).exists() and not upstream_ran:
+            record["steps"].append({"name": step["name"], "kind": step["kind"], "output": str(output),
+                                    "seconds": done.get("seconds"), "skipped": True})
             print(f"[{n}/{len(steps)}] {step['name']}: up to date, skipped")
             continue
         remaining = [s["kind"] for s in steps[n - 1:]]
