@@ -1,5 +1,4 @@
 """Tests of connecting endpoints: fit_curve.py, eval_curve.py and plot.py."""
-import json
 import subprocess
 import sys
 from pathlib import Path
