@@ -26,6 +26,7 @@ import cli
 import curves
 import data
 import eval_curve
+import fit_curve
 import training
 from files import write_json
 
@@ -138,10 +139,7 @@ def bench_eval(args, device) -> dict:
     config = data.data_config(argparse.Namespace(synthetic_size=args.eval_train, cache_dir=args.cache_dir))
     train, test = data.load_split(config, "train"), data.load_split(config, "test")
     a, b = quick_endpoint(train, 1, args, device), quick_endpoint(train, 2, args, device)
-    net = curves.CurveNet(ae.AutoEncoder(width=args.width), "bezier", 3)
-    net.import_endpoint(a.state_dict(), 0, buffers=True)
-    net.import_endpoint(b.state_dict(), 2)
-    net.init_linear()
+    net = fit_curve.build_curve(a, b, "bezier", 3)
     with torch.no_grad():  # a bend off the segment, as after fitting
         for p in net.free_parameters():
             p.add_(0.02 * torch.randn_like(p))

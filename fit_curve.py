@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve)
     ensure_dir(out.parent)
     resume_file = training.resume_path(out)
+    if args.resume and out.exists() and not resume_file.exists():
+        print(f"{out} is already complete; nothing to resume")
+        return {}
 
     train_images = data.load_split(data_cfg, "train")
     test_images = data.load_split(data_cfg, "test")
@@ -106,9 +109,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and resume_file.exists():
         start, history = training.load_resume(resume_file, net, optimizer, run_config)
         print(f"resuming {out} after epoch {start}")
-    elif args.resume and out.exists():
-        print(f"{out} is already complete; nothing to resume")
-        return {}
     evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
 
     def middle_test_loss() -> float:
@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> dict:
               f"({time.time() - t0:.1f}s)", flush=True)
         training.save_resume(resume_file, net, optimizer, epoch, history, run_config)
 
-    net = net.to(memory_format=torch.contiguous_format)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_checkpoint(out, CURVE_FORMAT, {"state_dict": state, "config": {**run_config, "epochs": args.epochs},
                                              "history": training.without_timing(history)})
