@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--curve", default="bezier", choices=curves.CURVES)
     p.add_argument("--num-bends", type=cli.at_least_two, default=3, help="bends including both endpoints")
     p.add_argument("--epochs", type=cli.positive_int, default=10)
-    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate of the free bends")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate of the free bends (the schedule's base rate)")
+    training.add_schedule_arg(p)
     p.add_argument("--wd", type=cli.nonnegative_float, default=0.0, help="L2 weight decay on the free bends")
     p.add_argument("--batch-size", type=cli.positive_int, default=128)
     p.add_argument("--seed", type=int, default=0, help="fixes the data order and the t drawn per batch")
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in ((args.a, cfg_a), (args.b, cfg_b))]
     run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
                   "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
-                  "lr": args.lr, "wd": args.wd, "batch_size": args.batch_size, "seed": args.seed}
+                  "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs, "wd": args.wd, "batch_size": args.batch_size,
+                  "seed": args.seed}
 
     start, history = 0, []
     if args.resume and resume_file.exists():
@@ -120,19 +122,21 @@ def main(argv: list[str] | None = None) -> dict:
     if start == 0:
         history.append({"epoch": 0, "train_loss": None, "test_loss_t05": middle_test_loss(), "seconds": 0.0})
         print(f"epoch 0 (linear initialisation): test {cfg_a['loss']} at t=0.5 {history[0]['test_loss_t05']:.5f}")
+    per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
     for epoch in range(start, args.epochs):
         t0 = time.time()
-        train_loss = training.train_epoch(net, train_images, loss_fn, optimizer, batch_size=args.batch_size,
+        lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
+        train_loss = training.train_epoch(net, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           generator=training.epoch_generator(args.seed, epoch), device=device,
                                           epoch=epoch, sample_t=True, desc="curve")
-        mid = middle_test_loss()
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
-        print(f"epoch {epoch + 1}/{args.epochs}: train E_t {cfg_a['loss']} {train_loss:.5f}  test {cfg_a['loss']} at t=0.5 {mid:.5f}  "
-              f"({time.time() - t0:.1f}s)", flush=True)
+        mid, lr = middle_test_loss(), lr_at(per_epoch - 1)
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
+        print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train E_t {cfg_a['loss']} {train_loss:.5f}  "
+              f"test {cfg_a['loss']} at t=0.5 {mid:.5f}  ({time.time() - t0:.1f}s)", flush=True)
         training.save_resume(resume_file, net, optimizer, epoch, history, run_config)
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_checkpoint(out, CURVE_FORMAT, {"state_dict": state, "config": {**run_config, "epochs": args.epochs},
+    save_checkpoint(out, CURVE_FORMAT, {"state_dict": state, "config": run_config,
                                              "history": training.without_timing(history)})
     resume_file.unlink(missing_ok=True)
     print(f"wrote {out}")

@@ -32,6 +32,7 @@ import fit_curve
 import plot
 import report
 import train_ae
+import training
 from files import UserError, ensure_dir, file_sha256, write_json
 
 STUDY_FORMAT = "aemc-study-v1"
@@ -40,7 +41,7 @@ PRESETS = {
     "quick": {  # built-in synthetic faces, sized to finish on a 2-core CPU in about 12 minutes
         "dataset": "synthetic", "data_root": None, "synthetic_size": 1000, "n_train": None, "n_test": 200,
         "width": 16, "latent_dim": 128, "batch_size": 32, "epochs": 4, "lr": 2e-3,
-        "curve_epochs": 4, "curve_lr": 2e-3, "num_points": 61, "bn_images": 200, "train_images": 64,
+        "curve_epochs": 4, "curve_lr": 2e-3, "schedule": "ref", "num_points": 61, "bn_images": 200, "train_images": 64,
         "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 1.0, "ensemble_k": 4, "ensemble_points": 11, "sse": False,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
@@ -48,7 +49,7 @@ PRESETS = {
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
         "width": 32, "latent_dim": 128, "batch_size": 128, "epochs": 30, "lr": 1e-3,
-        "curve_epochs": 30, "curve_lr": 1e-3, "num_points": 61, "bn_images": 5000, "train_images": 5000,
+        "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "num_points": 61, "bn_images": 5000, "train_images": 5000,
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-points", type=cli.at_least_two, default=None, help=preset_help("num_points", "values of t evaluated per path"))
     p.add_argument("--lr", type=cli.positive_float, default=None, help=preset_help("lr", "endpoint learning rate"))
     p.add_argument("--curve-lr", type=cli.positive_float, default=None, help=preset_help("curve_lr", "curve learning rate"))
+    p.add_argument("--schedule", choices=training.SCHEDULES, default=None,
+                   help=preset_help("schedule", "learning-rate schedule of the endpoints and the curves (see train_ae.py --help)"))
     p.add_argument("--vgg-weights", default=None, help=preset_help(
         "vgg_weights", "imagenet, random, or a VGG16 .pth file; quick falls back to random when imagenet cannot be had"))
     p.add_argument("--vgg-layers", nargs="+", choices=list(ae.VGG_LAYERS), default=None, metavar="LAYER",
@@ -148,7 +151,7 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
         for seed in s["seeds"]:
             ckpt = out / "ae" / f"{loss}_s{seed}.pt"
             argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", s["epochs"], "--batch-size", s["batch_size"],
-                    "--lr", s["lr"], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
+                    "--lr", s["lr"], "--schedule", s["schedule"], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
                     "--vgg-layers", *s["vgg_layers"], *device, "--out", ckpt]
             steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
     for loss, curve in itertools.product(s["losses"], s["curves"]):
@@ -156,7 +159,7 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
             a, b = out / "ae" / f"{loss}_s{i}.pt", out / "ae" / f"{loss}_s{j}.pt"
             ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
             argv = ["--a", a, "--b", b, "--curve", curve, "--num-bends", s["num_bends"], "--epochs", s["curve_epochs"],
-                    "--lr", s["curve_lr"], "--batch-size", s["batch_size"], "--seed", 0, "--bn-images", s["bn_images"],
+                    "--lr", s["curve_lr"], "--schedule", s["schedule"], "--batch-size", s["batch_size"], "--seed", 0, "--bn-images", s["bn_images"],
                     *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", ckpt]
             steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "main": fit_curve.main, "argv": argv,
                           "output": ckpt, "inputs": [a, b]})

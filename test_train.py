@@ -126,3 +126,87 @@ def test_cached_target_features_give_the_same_losses(vgg_file):
         cached = [loss.features(x) for x in data.batches(images, 4, memory_format=torch.channels_last)]
     reused = training.per_image_losses(model, images, loss, target_features=cached, **common)
     assert torch.equal(fresh["loss"], reused["loss"]) and fresh["loss"].min() > 0
+
+
+# ---------------------------------------------------------------- the learning-rate schedule
+
+def test_reference_schedule_values():
+    """The paper's reference code: the base rate for the first half, linear down to 1% at 90%, then 1%."""
+    factor = lambda fraction: training.lr_factor("ref", round(fraction * 1000), 1000)  # noqa: E731
+    assert [factor(f) for f in (0.0, 0.25, 0.5)] == [1.0, 1.0, 1.0]
+    assert factor(0.7) == pytest.approx((1.0 + 0.01) / 2)  # halfway down the linear part
+    assert factor(0.9) == pytest.approx(0.01) and factor(0.95) == factor(1.0) == 0.01
+    assert factor(0.6) > factor(0.7) > factor(0.8) > factor(0.9)
+    assert training.lr_factor("cosine", 0, 10) == 1.0 and training.lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert training.lr_factor("cosine", 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert {training.lr_factor("constant", s, 10) for s in range(11)} == {1.0}
+
+
+def test_schedule_is_applied_at_every_optimiser_step(monkeypatch):
+    model = ae.AutoEncoder(latent_dim=4, width=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    seen, real_step = [], optimizer.step
+
+    def step(*args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(optimizer, "step", step)
+    images = torch.zeros(40, 3, 64, 64, dtype=torch.uint8)
+    for epoch in range(2):  # 2 epochs of 5 steps: 10 steps in all
+        training.train_epoch(model, images, ae.mse, optimizer, batch_size=8, generator=torch.Generator().manual_seed(epoch),
+                             device=torch.device("cpu"), epoch=epoch, lr_at=training.epoch_rates("ref", 0.1, epoch, 5, 2))
+    assert len(seen) == 10
+    assert seen[:6] == [0.1] * 6  # steps 0..5 of 10: alpha <= 0.5
+    assert seen[6] > seen[7] > seen[8] and seen[9] == pytest.approx(0.001)  # falling, then 1% from 90% on
+
+
+def test_rate_is_printed_and_recorded(tmp_path, capsys):
+    out = tmp_path / "a.pt"
+    train_ae.main(["--out", str(out), "--lr", "0.002", *tiny_args(tmp_path, **{"--epochs": 4})])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 4 and lines[0].startswith("epoch 1/4: lr 0.002 ") and lines[-1].startswith("epoch 4/4: lr 2e-05 ")
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    _, ckpt = load_ae(out)
+    assert metrics["config"]["schedule"] == ckpt["config"]["schedule"] == metrics["schedule"] == "ref"
+    rates = [h["lr"] for h in metrics["history"]]
+    assert rates[0] == rates[1] == 0.002 and 0.002 > rates[2] > 2e-5 and rates[3] == pytest.approx(2e-5)
+
+
+@pytest.mark.parametrize("schedule", ["ref", "cosine"])
+def test_resume_mid_decay_gives_the_uninterrupted_weights(tmp_path, monkeypatch, schedule):
+    """Killed after epoch 3 of 4 (the rate is falling), --resume ends on the same bytes as one run."""
+    flags = ["--schedule", schedule, *tiny_args(tmp_path, **{"--epochs": 4})]
+    train_ae.main([*flags, "--out", str(tmp_path / "whole.pt")])
+    real_save = training.save_resume
+
+    def stop_after_epoch_3(path, model, optimizer, epoch, *args):
+        real_save(path, model, optimizer, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_resume", stop_after_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_ae.main([*flags, "--out", str(tmp_path / "split.pt")])
+    monkeypatch.setattr(training, "save_resume", real_save)
+    assert not (tmp_path / "split.pt").exists()
+    train_ae.main([*flags, "--out", str(tmp_path / "split.pt"), "--resume"])
+    assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "split.pt").read_bytes()
+
+
+def test_resume_with_other_epochs_is_refused(tmp_path, monkeypatch):
+    """The schedule depends on the total number of steps, so a resume must keep --epochs."""
+    flags = tiny_args(tmp_path, **{"--epochs": 3})
+    out = str(tmp_path / "a.pt")
+    real_save = training.save_resume
+
+    def stop(path, model, optimizer, epoch, *args):
+        real_save(path, model, optimizer, epoch, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_resume", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_ae.main([*flags, "--out", out])
+    monkeypatch.setattr(training, "save_resume", real_save)
+    with pytest.raises(UserError, match="different settings.*epochs"):
+        train_ae.main([*tiny_args(tmp_path, **{"--epochs": 5}), "--out", out, "--resume"])

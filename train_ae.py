@@ -26,7 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_data_args(p)
     p.add_argument("--epochs", type=cli.positive_int, default=10)
     p.add_argument("--batch-size", type=cli.positive_int, default=128)
-    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate (the schedule's base rate)")
+    training.add_schedule_arg(p)
     p.add_argument("--latent-dim", type=cli.positive_int, default=128, help="size of the bottleneck")
     p.add_argument("--width", type=cli.positive_int, default=32, help="channels of the first conv layer (doubles 3 times)")
     p.add_argument("--vgg-weights", default="imagenet",
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run_config = {"model": ae.model_config(model), "loss": args.loss, "seed": args.seed, "data": data_cfg,
-                  "batch_size": args.batch_size, "lr": args.lr,
+                  "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs,
                   "vgg_weights": loss_fn.weights_name if args.loss == "perceptual" else None,
                   "vgg_layers": list(args.vgg_layers) if args.loss == "perceptual" else None}
 
@@ -88,26 +89,29 @@ def main(argv: list[str] | None = None) -> dict:
           f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}"
           + (f", VGG16 weights: {run_config['vgg_weights']}, layers {', '.join(args.vgg_layers)}" if args.loss == "perceptual" else ""))
     evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
+    per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
     for epoch in range(start, args.epochs):
         t0 = time.time()
-        train_loss = training.train_epoch(model, train_images, loss_fn, optimizer, batch_size=args.batch_size,
+        lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
+        train_loss = training.train_epoch(model, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch)
         test = training.evaluate(model, test_images, **evaluate)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test["loss"], "test_mse": test["mse"],
+        lr = lr_at(per_epoch - 1)
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss": test["loss"], "test_mse": test["mse"],
                         "seconds": time.time() - t0})
         extra = f"  test mse {test['mse']:.5f}" if args.loss != "mse" else ""
-        print(f"epoch {epoch + 1}/{args.epochs}: train {args.loss} {train_loss:.5f}  test {args.loss} {test['loss']:.5f}{extra}  "
-              f"({time.time() - t0:.1f}s)", flush=True)
+        print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train {args.loss} {train_loss:.5f}  test {args.loss} {test['loss']:.5f}"
+              f"{extra}  ({time.time() - t0:.1f}s)", flush=True)
         training.save_resume(resume_file, model, optimizer, epoch, history, run_config)
 
     final_train = training.evaluate(model, train_images[: len(test_images)], **evaluate)
     final_test = training.evaluate(model, test_images, **evaluate)
     metrics = {"train_loss": final_train["loss"], "test_loss": final_test["loss"], "test_loss_se": final_test["loss_se"],
                "test_mse": final_test["mse"], "test_mse_se": final_test["mse_se"], "test_psnr": final_test["psnr"],
-               "epochs": args.epochs, "history": history}
+               "epochs": args.epochs, "schedule": args.schedule, "history": history}
     if args.loss == "perceptual":
         metrics["test_perceptual"] = final_test["loss"]
-    config = {**run_config, "epochs": args.epochs}
+    config = run_config
     # the checkpoint is written last: its presence means the run (and its JSON and PNG) is complete
     save_reconstructions(out.with_suffix(".png"), model, test_images, device)
     write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": config, **metrics})

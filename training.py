@@ -2,7 +2,9 @@
 training, evaluation with standard errors, and the resume state written after every epoch."""
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +17,39 @@ from data import batches
 from files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 RESUME_FORMAT = "aemc-resume-v1"
+SCHEDULES = ("ref", "cosine", "constant")
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The learning-rate multiplier at optimiser step `step` (0-based) of `total_steps`. `ref` is the
+    paper's reference code: constant for the first half, linear down to 1% at 90%, then 1%."""
+    alpha = step / max(total_steps, 1)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * alpha))
+    if schedule != "ref":
+        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if alpha <= 0.5:
+        return 1.0
+    return 1.0 - 0.99 * (alpha - 0.5) / 0.4 if alpha <= 0.9 else 0.01
+
+
+def add_schedule_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schedule", default="ref", choices=SCHEDULES,
+                        help="learning rate per optimiser step: ref (the paper's reference code: the base rate for the first "
+                             "50%% of the steps, then linear down to 1%% of it at 90%%, then 1%%), cosine (down to 0), or constant")
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    return math.ceil(n_images / batch_size)
+
+
+def epoch_rates(schedule: str, base_lr: float, epoch: int, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """The rate of each step of `epoch` (0-based), as train_epoch's `lr_at`: a function of the step's
+    global index alone, so a resumed run follows the schedule exactly where it left off."""
+    total = steps_per_epoch * epochs
+    return lambda step: base_lr * lr_factor(schedule, epoch * steps_per_epoch + step, total)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -26,20 +61,25 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
                 batch_size: int, generator: torch.Generator, device: torch.device, epoch: int,
                 sample_t: bool = False, before_step: Callable[[int], None] | None = None,
-                memory_format=torch.channels_last, desc: str = "train") -> float:
+                lr_at: Callable[[int], float] | None = None, memory_format=torch.channels_last,
+                desc: str = "train") -> float:
     """One pass over `images` in the generator's order; returns the mean training loss.
 
+    `lr_at(step)` sets the rate of every parameter group before each step (see `epoch_rates`).
     With `sample_t`, the model is a CurveNet and one t ~ U(0,1) is drawn per batch (the paper's
     stochastic estimate of E_t L(phi(t))). A non-finite loss raises a UserError naming the step.
     """
     model.train()
     total, count = 0.0, 0
-    steps = math.ceil(len(images) / batch_size)
+    steps = steps_per_epoch(len(images), batch_size)
     bar = tqdm(batches(images, batch_size, shuffle=True, generator=generator, device=device, memory_format=memory_format),
                total=steps, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=None, dynamic_ncols=True)
     for step, x in enumerate(bar):
         if before_step is not None:
             before_step(step)
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
         kwargs = {"t": torch.rand((), generator=generator).item()} if sample_t else {}
         loss = loss_fn(model(x, **kwargs), x)
         value = loss.item()
@@ -95,8 +135,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, loss_fn: Callable, **kwargs
 
 def without_timing(history: list[dict]) -> list[dict]:
     """The history without wall-clock seconds, for checkpoints: the same seed and flags then give
-    byte-identical files (the seconds stay in the JSON and on the console)."""
-    return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
+    byte-identical files (the seconds stay in the JSON and on the console). Keys are interned: pickle
+    memoises strings by identity, so keys read back from a resume file would otherwise change the bytes."""
+    return [{sys.intern(k): v for k, v in entry.items() if k != "seconds"} for entry in history]
 
 
 def resume_path(out: str | Path) -> Path:
