@@ -23,6 +23,7 @@ import cli
 import curves
 import data
 import training
+import fit_curve
 from fit_curve import CURVE_DIR
 from files import UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
 
@@ -67,9 +68,21 @@ def segment_of(net: curves.CurveNet) -> curves.CurveNet:
     return segment
 
 
-def summarize(values: list[float], t: list[float], dl: list[float]) -> dict:
+NEAR_END = 0.25  # "near the ends": the first and last quarter of t
+
+
+def paired_se(diff: np.ndarray) -> float:
+    """Standard error of the mean of per-image differences (the same images at two values of t)."""
+    return float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+
+
+def summarize(values: list[float], t: list[float], dl: list[float], per_image: np.ndarray | None = None) -> dict:
     """Ends, min, max, mean, the length-weighted mean (trapezoids weighted by the length element,
-    as the reference evaluation does) and the barrier over the line between the end values."""
+    as the reference evaluation does) and the barrier over the line between the end values.
+
+    With `per_image` ([len(t), images], the same images at every t) also the standard errors of
+    the barrier and of the excess of the maximum over the worse end, paired over images, and
+    `below_ends`: the deepest point near an end that lies below both ends by more than 2 SE."""
     v, t = np.asarray(values, dtype=float), np.asarray(t, dtype=float)
     dl = np.asarray(dl, dtype=float)
     excess = v - ((1 - t) * v[0] + t * v[-1])
@@ -77,9 +90,25 @@ def summarize(values: list[float], t: list[float], dl: list[float]) -> dict:
     ends_mean = (v[0] + v[-1]) / 2
     length = dl[1:].sum()
     integral = float(np.sum(0.5 * (v[:-1] + v[1:]) * dl[1:]) / length) if length > 0 else float(v.mean())
-    return {"start": float(v[0]), "end": float(v[-1]), "min": float(v.min()), "max": float(v.max()),
-            "mean": float(v.mean()), "integral": integral, "barrier": float(excess[i]), "t_barrier": float(t[i]),
-            "barrier_rel": float(excess[i] / ends_mean) if ends_mean > 0 else math.nan}
+    worse, top = (0 if v[0] >= v[-1] else len(v) - 1), int(np.argmax(v))
+    out = {"start": float(v[0]), "end": float(v[-1]), "min": float(v.min()), "max": float(v.max()),
+           "mean": float(v.mean()), "integral": integral, "barrier": float(excess[i]), "t_barrier": float(t[i]),
+           "barrier_rel": float(excess[i] / ends_mean) if ends_mean > 0 else math.nan,
+           "excess": float(v[top] / v[worse] - 1) if v[worse] > 0 else math.nan,
+           "barrier_se": None, "barrier_rel_se": None, "excess_se": None, "below_ends": None}
+    if per_image is None:
+        return out
+    p = np.asarray(per_image, dtype=float)
+    out["barrier_se"] = paired_se(p[i] - ((1 - t[i]) * p[0] + t[i] * p[-1]))
+    out["barrier_rel_se"] = float(out["barrier_se"] / ends_mean) if ends_mean > 0 else math.nan
+    out["excess_se"] = float(paired_se(p[top] - p[worse]) / v[worse]) if v[worse] > 0 else math.nan
+    better = min(v[0], v[-1])
+    for k in np.flatnonzero((t > 0) & (t < 1) & ((t <= NEAR_END) | (t >= 1 - NEAR_END))):
+        z = min((v[0] - v[k]) / max(paired_se(p[k] - p[0]), 1e-300), (v[-1] - v[k]) / max(paired_se(p[k] - p[-1]), 1e-300))
+        depth = (better - v[k]) / better if better > 0 else math.nan
+        if z > 2 and (out["below_ends"] is None or depth > out["below_ends"]["depth"]):
+            out["below_ends"] = {"t": float(t[k]), "value": float(v[k]), "depth": float(depth), "z": float(z)}
+    return out
 
 
 FEATURE_CACHE_BYTES = 2 * 2**30  # keep the VGG features of the evaluation targets when they fit in this
@@ -106,15 +135,18 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
     out = {name: [] for name in METRICS}
     out.update({f"{name}_se": [] for name in METRICS})
     out["dl"], recon, previous = [], [], None
+    per_image = {name: [] for name in METRICS}
     net.eval()
     for i, t in enumerate(tqdm(ts, desc=desc, leave=False, disable=None, dynamic_ncols=True)):
         curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
         for split, images in split_images.items():
-            stats = training.evaluate(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
-                                      target_features=features.get(split))
+            values = training.per_image_losses(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
+                                               target_features=features.get(split))
             for name in ("loss", "mse"):
-                out[f"{split}_{name}"].append(stats[name])
-                out[f"{split}_{name}_se"].append(stats[f"{name}_se"])
+                mean, se = training.mean_and_se(values[name])
+                out[f"{split}_{name}"].append(mean)
+                out[f"{split}_{name}_se"].append(se)
+                per_image[f"{split}_{name}"].append(values[name].double().numpy())
         weights = net.weights(t)
         out["dl"].append(0.0 if previous is None else float((weights - previous).norm()))
         previous = weights
@@ -123,8 +155,18 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
             with torch.inference_mode():
                 recon.append(net(shown, t=t).cpu())
     out["length"] = float(sum(out["dl"]))
-    out["summary"] = {name: summarize(out[name], ts, out["dl"]) for name in METRICS}
+    out["summary"] = {name: summarize(out[name], ts, out["dl"], np.stack(per_image[name])) for name in METRICS}
     return out, torch.stack(recon) if recon else None
+
+
+def fit_record(ckpt: dict) -> dict | None:
+    """The fit's settings, its per-epoch history and whether it converged, for the plot and the report."""
+    history = ckpt.get("history")
+    if not history:
+        return None
+    config = ckpt["config"]
+    return {"epochs": config.get("epochs"), "schedule": config.get("schedule", "constant"), "lr": config.get("lr"),
+            "history": history, **fit_curve.convergence(history)}
 
 
 def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,
@@ -189,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
               "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],
               "settings": {"num_points": args.num_points, "bn_images": len(bn_images), "train_images": len(split_images["train"]),
                            "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns)},
-              "t": ts, "columns_t": [ts[i] for i in columns], "paths": {}}
+              "t": ts, "columns_t": [ts[i] for i in columns], "fit": fit_record(ckpt), "paths": {}}
     recon, features = {}, target_features(loss_fn, split_images, args.eval_batch_size, device)
     for name, path_net in (("curve", net), ("segment", segment_of(net))):
         path_net = path_net.to(device, memory_format=torch.channels_last)

@@ -21,6 +21,7 @@ import training
 from files import CURVE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, save_checkpoint
 
 CURVE_DIR = Path("runs/curves")
+CONVERGED_DROP = 0.05  # a fit whose test loss at t=0.5 still fell by more than this over its last quarter is not converged
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +63,16 @@ def check_compatible(config_a: dict, config_b: dict) -> None:
         if config_a["model"].get(key) != config_b["model"].get(key):
             raise UserError(f"endpoints have different {key.replace('_', ' ')} ({config_a['model'].get(key)} vs "
                             f"{config_b['model'].get(key)}); train both with the same --latent-dim and --width")
+
+
+def convergence(history: list[dict]) -> dict:
+    """How much the test loss at t=0.5 fell over the last quarter of the fit's epochs (at least one):
+    a fit still falling by more than CONVERGED_DROP there stopped before its loss settled."""
+    values = [h["test_loss_t05"] for h in history]  # epoch 0 (the linear initialisation), 1, ..., E
+    quarter = max(1, round((len(values) - 1) / 4))
+    first, last = values[-1 - quarter], values[-1]
+    drop = (first - last) / first if first > 0 else 0.0
+    return {"last_quarter_epochs": quarter, "last_quarter_drop": drop, "converged": drop <= CONVERGED_DROP}
 
 
 def build_curve(model_a: ae.AutoEncoder, model_b: ae.AutoEncoder, curve: str, num_bends: int) -> curves.CurveNet:
@@ -139,6 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
     save_checkpoint(out, CURVE_FORMAT, {"state_dict": state, "config": run_config,
                                              "history": training.without_timing(history)})
     resume_file.unlink(missing_ok=True)
+    check = convergence(history)
+    if not check["converged"]:
+        print(f"warning: not converged: the test loss at t=0.5 still fell by {100 * check['last_quarter_drop']:.1f}% over the "
+              f"last {check['last_quarter_epochs']} epoch(s); fit with more --epochs")
     print(f"wrote {out}")
     return {"out": str(out), "history": history}
 

@@ -3,7 +3,8 @@
 Per loss group and curve type, the paper's Figure 2 (a) train loss and (b) test loss against t
 for every pair, curve (solid) and segment (dashed), endpoints marked; one such figure per pair
 too; and per pair an image strip: the original test images, then their reconstructions along
-the curve and along the segment, t labelled.
+the curve and along the segment, t labelled; and per curve the fit's history (test loss at t=0.5
+per epoch, and the learning rate), marked when the fit had not converged.
 """
 from __future__ import annotations
 
@@ -112,6 +113,35 @@ def draw_strip(result: dict, npz: dict):
     return fig
 
 
+def draw_fit(result: dict):
+    """The fit's history: test loss at t=0.5 per epoch (epoch 0 = the straight segment's middle),
+    the last quarter shaded, the learning rate on a second axis; the title says if it converged."""
+    fit = result["fit"]
+    history = fit["history"]
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(epochs, [h["test_loss_t05"] for h in history], "o-", color="C0", label="test loss at t = 0.5")
+    ax.plot(epochs[1:], [h["train_loss"] for h in history[1:]], "s--", color="C1", ms=4, label="train E_t loss")
+    ax.axvspan(epochs[-1] - fit["last_quarter_epochs"], epochs[-1], color="0.85", zorder=0, label="last quarter")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(LOSS_NAMES.get(result["loss"], result["loss"]))
+    rates = [(h["epoch"], h["lr"]) for h in history if h.get("lr") is not None]
+    if rates:
+        lr_ax = ax.twinx()
+        lr_ax.plot(*zip(*rates), ":", color="0.4", label="learning rate")
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel(f"learning rate ({fit['schedule']} schedule)", color="0.4")
+    state = "converged" if fit["converged"] else "NOT CONVERGED"
+    ax.set_title(f"{pair_label(result)}, {result['loss']}, {result['curve']} fit: {state}\n"
+                 f"last {fit['last_quarter_epochs']} epoch(s): test loss at t = 0.5 fell {100 * fit['last_quarter_drop']:.1f}%",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     paths = args.evals or sorted(str(p) for p in Path("runs/curves").glob("*.eval.json"))
@@ -132,6 +162,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         fig = draw_losses([result], f"{pair_label(result)}, {result['loss']}: {result['curve']} curve vs segment", args.log, args.se)
         written.append(save_figure(fig, out / f"pair_{stem}.{args.format}", dpi=130))
         plt.close(fig)
+        if result.get("fit"):
+            fig = draw_fit(result)
+            written.append(save_figure(fig, out / f"fit_{stem}.{args.format}", dpi=110))
+            plt.close(fig)
         npz_path = Path(result["_path"]).with_name(result["files"]["npz"])
         try:
             with np.load(npz_path, allow_pickle=False) as f:

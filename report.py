@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import ae
 import cli
+import fit_curve
 from files import CURVE_FORMAT, UserError, load_checkpoint, write_text
 from plot import pair_label, read_eval
 
@@ -23,6 +24,8 @@ CURVE_EXCESS = 0.10
 # A segment has a barrier if its relative test barrier exceeds this and is this many times the curve's.
 SEGMENT_BARRIER = 0.10
 SEGMENT_OVER_CURVE = 2.0
+# A barrier (or a curve's excess over its worse end) within this many standard errors of zero counts as none.
+SIGNIFICANCE = 2.0
 
 # The verdict categories' headlines, as the report states them.
 HEADLINES = {
@@ -92,14 +95,40 @@ def stem(result: dict) -> str:
 
 # ---------------------------------------------------------------- the verdict
 
+def significant(value: float, se: float | None) -> bool:
+    """True when `value` is more than SIGNIFICANCE standard errors above zero (always, when no SE is known)."""
+    return se is None or value > SIGNIFICANCE * se
+
+
+def with_se(value: float, se: float | None, as_pct: bool = False) -> str:
+    """A number with its standard error beside it, as a percentage with `as_pct`."""
+    text = pct(value) if as_pct else f"{value:.3g}"
+    if se is None:
+        return text
+    return f"{text} ± {pct(se) if as_pct else format(se, '.2g')}"
+
+
+def barrier_cell(s: dict) -> str:
+    """A path's barrier: absolute ± SE (relative ± SE)."""
+    return f"{with_se(s['barrier'], s.get('barrier_se'))} ({with_se(s['barrier_rel'], s.get('barrier_rel_se'), True)})"
+
+
 def pair_numbers(result: dict) -> dict:
-    """One pair's test-loss numbers: curve excess over the worse endpoint, barriers, and the two tests."""
+    """One pair's test-loss numbers: curve excess over the worse endpoint, barriers (with standard
+    errors; one within 2 SE of zero counts as none), the two tests, and the fit's and ends' checks."""
     curve = result["paths"]["curve"]["summary"]["test_loss"]
     segment = result["paths"]["segment"]["summary"]["test_loss"]
     excess = curve["max"] / max(curve["start"], curve["end"]) - 1
-    has_barrier = segment["barrier_rel"] > SEGMENT_BARRIER and segment["barrier_rel"] >= SEGMENT_OVER_CURVE * curve["barrier_rel"]
-    return {"pair": f"{pair_label(result)} ({result['curve']})", "excess": excess, "low_loss": excess <= CURVE_EXCESS,
-            "curve_barrier": curve["barrier_rel"], "segment_barrier": segment["barrier_rel"], "has_barrier": has_barrier}
+    low_loss = excess <= CURVE_EXCESS or not significant(excess, curve.get("excess_se"))
+    curve_barrier = curve["barrier_rel"] if significant(curve["barrier"], curve.get("barrier_se")) else 0.0
+    has_barrier = (significant(segment["barrier"], segment.get("barrier_se")) and segment["barrier_rel"] > SEGMENT_BARRIER
+                   and segment["barrier_rel"] >= SEGMENT_OVER_CURVE * curve_barrier)
+    fit = result.get("fit") or {}
+    return {"pair": f"{pair_label(result)} ({result['curve']})", "excess": excess, "excess_se": curve.get("excess_se"),
+            "low_loss": low_loss, "curve_barrier": curve["barrier_rel"], "curve_barrier_se": curve.get("barrier_rel_se"),
+            "segment_barrier": segment["barrier_rel"], "segment_barrier_se": segment.get("barrier_rel_se"),
+            "has_barrier": has_barrier, "converged": fit.get("converged"), "last_quarter_drop": fit.get("last_quarter_drop"),
+            "last_quarter_epochs": fit.get("last_quarter_epochs"), "below_ends": curve.get("below_ends")}
 
 
 def verdict(group_evals: list[dict]) -> dict:
@@ -111,7 +140,11 @@ def verdict(group_evals: list[dict]) -> dict:
     else:
         category = "partly" if n_low else "no"
     mean = lambda key: sum(p[key] for p in pairs) / n  # noqa: E731
-    return {"loss": group_evals[0]["loss"], "category": category, "headline": HEADLINES[category], "n_pairs": n,
+    worst = max(pairs, key=lambda p: p["segment_barrier"])
+    ses = [p["segment_barrier_se"] for p in pairs]
+    return {"worst_segment_barrier_se": worst["segment_barrier_se"],
+            "mean_segment_barrier_se": None if None in ses else sum(x * x for x in ses) ** 0.5 / n,
+            "loss": group_evals[0]["loss"], "category": category, "headline": HEADLINES[category], "n_pairs": n,
             "n_low_loss": n_low, "n_segment_barriers": n_barrier, "worst_excess": max(p["excess"] for p in pairs),
             "mean_excess": mean("excess"), "worst_segment_barrier": max(p["segment_barrier"] for p in pairs),
             "mean_segment_barrier": mean("segment_barrier"), "mean_curve_barrier": mean("curve_barrier"), "pairs": pairs}
@@ -119,8 +152,9 @@ def verdict(group_evals: list[dict]) -> dict:
 
 def verdict_sentence(v: dict) -> str:
     """The group's answer in one paragraph, quoting the numbers behind it."""
-    segments = (f"the straight segments' relative test barrier is {pct(v['worst_segment_barrier'])} at worst and "
-                f"{pct(v['mean_segment_barrier'])} on average (curves: {pct(v['mean_curve_barrier'])} on average)")
+    segments = (f"the straight segments' relative test barrier is {with_se(v['worst_segment_barrier'], v['worst_segment_barrier_se'], True)} "
+                f"at worst and {with_se(v['mean_segment_barrier'], v['mean_segment_barrier_se'], True)} on average "
+                f"(curves: {pct(v['mean_curve_barrier'])} on average)")
     n = v["n_pairs"]
     if v["category"] in ("yes", "mixed", "linear"):
         text = (f"along all {n} fitted curves the max test loss is at most {pct(v['worst_excess'])} above the worse "
@@ -129,7 +163,7 @@ def verdict_sentence(v: dict) -> str:
             barred = ", ".join(p["pair"] for p in v["pairs"] if p["has_barrier"])
             text += f"; the segment has a barrier for {v['n_segment_barriers']} of {n} pairs ({barred})"
     else:
-        bad = ", ".join(f"{p['pair']}: +{pct(p['excess'])}" for p in v["pairs"] if not p["low_loss"])
+        bad = ", ".join(f"{p['pair']}: +{with_se(p['excess'], p['excess_se'], True)}" for p in v["pairs"] if not p["low_loss"])
         text = (f"{v['n_low_loss']} of {n} fitted curves keep the max test loss within {pct(CURVE_EXCESS)} of the worse "
                 f"endpoint's; not low-loss: {bad} (worst +{pct(v['worst_excess'])})")
     return f"**{v['loss']} group — {v['headline']}.** In numbers: {text}; {segments}."
@@ -175,6 +209,38 @@ def evidence(evals: list[dict], study: dict) -> str:
     return text
 
 
+def checks(evals: list[dict]) -> str:
+    """Whether the numbers can be trusted: did every fit converge, and do the curves dip below both
+    endpoints near the ends (a sign that the endpoints themselves are under-trained)?"""
+    pairs = [pair_numbers(e) for e in evals]
+    known = [p for p in pairs if p["converged"] is not None]
+    stalled = [p for p in known if not p["converged"]]
+    if not known:
+        fits = "Fits: no fit history was recorded, so convergence was not checked."
+    elif stalled:
+        listed = ", ".join(f"{p['pair']} (fell {pct(p['last_quarter_drop'])} over the last {p['last_quarter_epochs']} epoch(s))"
+                           for p in stalled)
+        fits = (f"Fits: **{len(stalled)} of {len(known)} curve fits not converged**: their test loss at t = 0.5 still fell by more "
+                f"than {pct(fit_curve.CONVERGED_DROP)} over the last quarter of their epochs: {listed}. Those curves stopped on a "
+                f"still-falling loss; fit them with more epochs before trusting their verdict.")
+    else:
+        worst = max(p["last_quarter_drop"] for p in known)
+        fits = (f"Fits: all {len(known)} converged (the test loss at t = 0.5 changed by at most {pct(worst)} over the last "
+                f"quarter of their epochs; threshold {pct(fit_curve.CONVERGED_DROP)}).")
+    low = [p for p in pairs if p["below_ends"]]
+    if low:
+        deepest = max(low, key=lambda p: p["below_ends"]["depth"])
+        b = deepest["below_ends"]
+        ends = (f"Endpoints: **the endpoints look under-trained**: {len(low)} of {len(pairs)} curves pass below both of their "
+                f"endpoints near an end by more than {SIGNIFICANCE:g} standard errors; deepest {deepest['pair']}, at t = {b['t']:.2f} "
+                f"the test loss is {b['value']:.4g}, {pct(b['depth'])} below the better endpoint ({b['z']:.1f} SE). Moving away "
+                f"from an endpoint should not lower its loss if it had converged; train the endpoints longer.")
+    else:
+        ends = (f"Endpoints: no curve passes below both of its endpoints near an end by more than {SIGNIFICANCE:g} standard errors "
+                f"(no sign of under-trained endpoints).")
+    return f"{fits}\n\n{ends}"
+
+
 def answer(evals: list[dict], study: dict | None = None) -> str:
     """The generated answer: the criterion, one verdict per loss group, the comparison, the caveats."""
     verdicts = [verdict(members) for members in by_group(evals).values()]
@@ -182,8 +248,10 @@ def answer(evals: list[dict], study: dict | None = None) -> str:
                  f"larger of its two endpoints' test losses (max_curve / max(start, end) - 1 <= {CURVE_EXCESS}). A straight "
                  f"segment *has a barrier* if its relative test barrier (the largest excess of the loss over the straight line "
                  f"between its end values, divided by the mean of the end values) is above {pct(SEGMENT_BARRIER)} and at least "
-                 f"{SEGMENT_OVER_CURVE:g}x the curve's.")
-    return "\n\n".join([criterion, *(verdict_sentence(v) for v in verdicts), comparison(verdicts), evidence(evals, study or {})])
+                 f"{SEGMENT_OVER_CURVE:g}x the curve's. A barrier or excess within {SIGNIFICANCE:g} standard errors of zero "
+                 f"counts as none (standard errors over test images, paired: the same images at every t).")
+    return "\n\n".join([criterion, *(verdict_sentence(v) for v in verdicts), comparison(verdicts), checks(evals),
+                        evidence(evals, study or {})])
 
 
 # ---------------------------------------------------------------- the report's sections
@@ -267,16 +335,17 @@ def endpoints_section(s: dict, report_dir: Path) -> str:
 def curves_section(evals: list[dict]) -> str:
     """Per pair, the loss at the ends and along curve and segment: one table for train, one for test."""
     header = ["group", "pair", "curve", "t=0", "t=1", "curve max", "curve mean", "curve barrier", "segment max", "segment mean", "segment barrier"]
-    text = ["## Curves", "", "Loss at the ends and along each path; barrier = largest excess over the straight line between the end values (relative to their mean)."]
+    text = ["## Curves", "", "Loss at the ends and along each path; barrier = largest excess over the straight line between the end values "
+            "(relative to their mean), ± its standard error over images (paired: the same images at every t)."]
     for split in ("train", "test"):
         rows = []
         for e in evals:
             c, g = (e["paths"][p]["summary"][f"{split}_loss"] for p in ("curve", "segment"))
             row = [e["loss"], pair_label(e), e["curve"], f"{c['start']:.4g}", f"{c['end']:.4g}", f"{c['max']:.4g}", f"{c['mean']:.4g}",
-                   f"{c['barrier']:.3g} ({pct(c['barrier_rel'])})", f"{g['max']:.4g}", f"{g['mean']:.4g}", f"{g['barrier']:.3g} ({pct(g['barrier_rel'])})"]
+                   barrier_cell(c), f"{g['max']:.4g}", f"{g['mean']:.4g}", barrier_cell(g)]
             if split == "test":
                 p = pair_numbers(e)
-                row += [f"+{pct(p['excess'])}", "yes" if p["low_loss"] else "no"]
+                row += [f"+{with_se(p['excess'], p['excess_se'], True)}", "yes" if p["low_loss"] else "no"]
             rows.append(row)
         extra = ["curve max over worse end", "low-loss curve"] if split == "test" else []
         text += ["", f"### {split.capitalize()} loss", "", table(header + extra, rows)]
@@ -297,6 +366,29 @@ def figures_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str
                 text += [link(found, report_dir, f"{pair_label(e)} ({e['curve']}): {what}"), ""] if found else []
     if not any(line.startswith(("!", "[")) for line in text):
         text += [f"No figures in {figures}; run the plot step (plot.py) to draw them.", ""]
+    return "\n".join(text)
+
+
+def fits_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str:
+    """Each curve fit's history: test loss at t=0.5 from the linear initialisation to the last epoch,
+    the drop over the last quarter, and whether it converged; with the figure plot.py drew."""
+    text = ["## Curve fits", "", f"A fit is *not converged* when its test loss at t = 0.5 still fell by more than "
+            f"{pct(fit_curve.CONVERGED_DROP)} over the last quarter of its epochs.", ""]
+    rows = []
+    for e in evals:
+        fit = e.get("fit")
+        if not fit:
+            rows.append([e["loss"], pair_label(e), e["curve"], "–", "–", "–", "–", "–", "no history"])
+            continue
+        h = fit["history"]
+        rows.append([e["loss"], pair_label(e), e["curve"], fit["epochs"], fit["schedule"], f"{h[0]['test_loss_t05']:.4g}",
+                     f"{h[-1]['test_loss_t05']:.4g}", f"{pct(fit['last_quarter_drop'])} ({fit['last_quarter_epochs']} ep.)",
+                     "yes" if fit["converged"] else "**NO**"])
+    text += [table(["group", "pair", "curve", "epochs", "schedule", "test loss t=0.5, epoch 0", "last epoch",
+                    "fall over last quarter", "converged"], rows), ""]
+    for e in evals:
+        found = find_figure(study_dir / "figures", f"fit_{stem(e)}")
+        text += [link(found, report_dir, f"{pair_label(e)} ({e['loss']}, {e['curve']}): fit history"), ""] if found else []
     return "\n".join(text)
 
 
@@ -348,6 +440,7 @@ def write_report(study_dir: Path, out: Path) -> Path:
                   f"because: {study['vgg_fallback']}. Its loss is a random-feature loss, not a perceptual loss in the usual sense.", ""]
     lines += [f"Generated by report.py from the files in `{study_dir}` (no model was run); the answer is in the last section.", ""]
     sections = [setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
+                fits_section(study_dir.resolve(), s["evals"], report_dir),
                 figures_section(study_dir.resolve(), s["evals"], report_dir), ensembles_section(study_dir.resolve(), report_dir),
                 "## Answer\n\n" + answer(s["evals"], study) + "\n"]
     return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))

@@ -83,6 +83,18 @@ def test_barrier_summary_is_consistent(fitted):
         assert s["barrier"] >= 0 and s["barrier_rel"] == pytest.approx(s["barrier"] / ((values[0] + values[-1]) / 2))
 
 
+def test_evaluation_carries_the_fit_history_and_its_check(fitted):
+    out, result = fitted
+    history = load_curve(out)[1]["history"]
+    fit = result["fit"]
+    assert fit["history"] == history and fit["epochs"] == 3 and fit["schedule"] == "ref" and fit["last_quarter_epochs"] == 1
+    assert fit["last_quarter_drop"] == pytest.approx(1 - history[3]["test_loss_t05"] / history[2]["test_loss_t05"])
+    for path in ("curve", "segment"):
+        s = result["paths"][path]["summary"]["test_loss"]
+        # at an end the excess over the line is zero for every image, so is its standard error
+        assert (s["barrier_se"] > 0) == (0 < s["t_barrier"] < 1) and s["excess_se"] >= 0 and "below_ends" in s
+
+
 def test_summary_barrier_of_a_known_profile():
     s = eval_curve.summarize([1.0, 3.0, 2.0], [0.0, 0.5, 1.0], [0.0, 1.0, 1.0])
     assert s["barrier"] == pytest.approx(1.5) and s["t_barrier"] == 0.5  # 3 - (1 + 2) / 2
@@ -97,11 +109,11 @@ def test_grids_and_plots_are_pngs_of_the_expected_size(fitted, tmp_path):
             assert png.format == "PNG" and png.size == (3 * 66 + 2, 4 * 66 + 2)  # 3 values of t, 4 images
     written = plot.main([str(eval_json), "--out", str(tmp_path / "fig")])
     names = sorted(p.name for p in written)
-    assert names == ["fig2_mse_bezier.png", "pair_curve.png", "strip_curve.png"]
+    assert names == ["fig2_mse_bezier.png", "fit_curve.png", "pair_curve.png", "strip_curve.png"]
     for path in written:
         with Image.open(path) as png:
             assert png.format == "PNG" and png.size[0] > 400 and png.size[1] > 200
-    assert [p.suffix for p in plot.main([str(eval_json), "--out", str(tmp_path / "pdf"), "--format", "pdf"])] == [".pdf"] * 3
+    assert [p.suffix for p in plot.main([str(eval_json), "--out", str(tmp_path / "pdf"), "--format", "pdf"])] == [".pdf"] * 4
 
 
 def test_mismatched_endpoints_are_refused(endpoints, tmp_path):

@@ -243,5 +243,109 @@ def test_report_of_a_real_tiny_study(endpoints, tmp_path):
     (root / "study.json").write_text(json.dumps({"format": "aemc-study-v1", "preset": "quick", "vgg_fallback": None, "steps": []}))
     text = report.write_report(root, root / "report.md").read_text()
     assert "endpoints 3; curves 1" in text and "**mse group — " in text and "Only the mse group" in text
-    assert sorted(Path(t).name for t in links(text)) == ["fig2_mse_bezier.png", "mse_s0.png", "pair_mse_s0-s1-bezier.png",
-                                                          "strip_mse_s0-s1-bezier.png"]
+    assert sorted(Path(t).name for t in links(text)) == ["fig2_mse_bezier.png", "fit_mse_s0-s1-bezier.png", "mse_s0.png",
+                                                          "pair_mse_s0-s1-bezier.png", "strip_mse_s0-s1-bezier.png"]
+    assert "| mse | seeds 0–1 | bezier | 1 | ref |" in text and re.search(r"Fits: (all 1 converged|\*\*1 of 1 curve fits not)", text)
+
+
+# ---------------------------------------------------------------- standard errors and the checks of a fit
+
+def noisy_path(profile_values: list[float], noise: float, images: int = 200, seed: int = 0) -> dict:
+    """A path whose per-image test losses scatter by `noise` (relative, independently at every t) around `profile_values`."""
+    rng = np.random.default_rng(seed)
+    per_image = np.asarray(profile_values)[:, None] * (1 + noise * rng.standard_normal((len(T), images)))
+    dl = [0.0] + [0.1] * (len(T) - 1)
+    means = per_image.mean(axis=1).tolist()
+    path = {"dl": dl, "length": sum(dl)}
+    for name in eval_curve.METRICS:
+        path[name], path[f"{name}_se"] = means, [0.001] * len(T)
+    path["summary"] = {name: eval_curve.summarize(means, T, dl, per_image) for name in eval_curve.METRICS}
+    return path
+
+
+def test_barrier_se_is_the_paired_standard_error_at_the_barrier():
+    rng = np.random.default_rng(1)
+    per_image = 1.0 + 0.2 * rng.standard_normal((len(T), 50))
+    per_image[5] += 0.3  # t = 0.5 stands 0.3 above the rest for every image
+    s = eval_curve.summarize(per_image.mean(axis=1).tolist(), T, [0.0] + [0.1] * 10, per_image)
+    excess = per_image[5] - (0.5 * per_image[0] + 0.5 * per_image[-1])
+    assert s["t_barrier"] == 0.5 and s["barrier"] == pytest.approx(excess.mean())
+    assert s["barrier_se"] == pytest.approx(excess.std(ddof=1) / np.sqrt(50))
+    assert s["barrier_rel_se"] == pytest.approx(s["barrier_se"] / ((s["start"] + s["end"]) / 2))
+
+
+@pytest.mark.parametrize("noise, barrier", [(0.02, True), (3.0, False)])
+def test_a_segment_barrier_within_two_se_of_zero_counts_as_none(noise, barrier):
+    result = fake_eval("mse", (0, 1), FLAT, BUMP)
+    result["paths"]["segment"] = noisy_path(profile(1.0, 1.1, 0.3), noise)
+    numbers = report.pair_numbers(result)
+    assert numbers["segment_barrier"] > report.SEGMENT_BARRIER  # the same hump either way
+    assert numbers["has_barrier"] is barrier
+    assert (numbers["segment_barrier"] > 2 * numbers["segment_barrier_se"]) is barrier
+
+
+def test_a_curve_excess_within_two_se_of_zero_is_low_loss():
+    result = fake_eval("mse", (0, 1), FLAT, BUMP)
+    result["paths"]["curve"] = noisy_path(profile(1.0, 1.1, BUMP), 5.0)  # 40% over the worse end, but lost in the noise
+    numbers = report.pair_numbers(result)
+    assert numbers["excess"] > report.CURVE_EXCESS and numbers["excess"] < 2 * numbers["excess_se"] and numbers["low_loss"]
+    result["paths"]["curve"] = noisy_path(profile(1.0, 1.1, BUMP), 0.02)
+    assert not report.pair_numbers(result)["low_loss"]
+
+
+def test_every_barrier_is_printed_with_its_se(tmp_path):
+    root = make_study(tmp_path / "s")
+    for path in (root / "curves").glob("*.eval.json"):
+        e = json.loads(path.read_text())
+        e["paths"] = {"curve": noisy_path(profile(1.0, 1.1, FLAT), 0.05), "segment": noisy_path(profile(1.0, 1.1, BUMP), 0.05)}
+        path.write_text(json.dumps(e))
+    text = report.write_report(root, root / "report.md").read_text()
+    curves_tables = text[text.index("## Curves"):text.index("## Curve fits")]
+    rows = [line for line in curves_tables.splitlines() if line.startswith(("| mse |", "| perceptual |"))]
+    assert len(rows) == 12  # 6 pairs, train and test tables
+    assert all(len(re.findall(r"\d ± \d[^(|]*\(-?\d+\.\d% ± \d+\.\d%\)", row)) == 2 for row in rows), rows[0]
+    assert re.search(r"relative test barrier is \d+\.\d% ± \d+\.\d% at worst", text)
+
+
+@pytest.mark.parametrize("dip, flagged", [(0.10, True), (0.0, False)])
+def test_a_curve_below_both_ends_says_the_endpoints_look_under_trained(dip, flagged):
+    values = profile(1.0, 1.1, FLAT)
+    values[1] *= 1 - dip  # t = 0.1
+    result = fake_eval("mse", (0, 1), FLAT, BUMP)
+    result["paths"]["curve"] = noisy_path(values, 0.01)
+    below = result["paths"]["curve"]["summary"]["test_loss"]["below_ends"]
+    text = report.checks([result])
+    if flagged:
+        assert below["t"] == pytest.approx(0.1) and below["z"] > 2
+        # t = 0.1 sits at 0.9 * 1.01; the better end is 1.0
+        assert below["depth"] == pytest.approx(1 - 0.9 * 1.01, abs=0.01)
+        assert "look under-trained" in text and f"{100 * below['depth']:.1f}% below the better endpoint" in text
+    else:
+        assert below is None and "no sign of under-trained endpoints" in text
+
+
+def fit_history(values: list[float]) -> list[dict]:
+    return [{"epoch": i, "lr": 1e-3, "train_loss": None if i == 0 else v, "test_loss_t05": v} for i, v in enumerate(values)]
+
+
+def test_convergence_is_judged_on_the_last_quarter_of_epochs():
+    still_falling = fit_history([1.0, 0.5, 0.45, 0.42, 0.40, 0.38, 0.36, 0.34, 0.30])  # 8 epochs: last quarter = 2 epochs
+    check = fit_curve.convergence(still_falling)
+    assert check["last_quarter_epochs"] == 2 and check["last_quarter_drop"] == pytest.approx((0.36 - 0.30) / 0.36)
+    assert not check["converged"]
+    settled = fit_history([1.0, 0.5, 0.45, 0.42, 0.40, 0.38, 0.37, 0.365, 0.36])
+    assert fit_curve.convergence(settled)["converged"]
+    noisy_rise = fit_history([1.0, 0.5, 0.6])  # a rise is not a fall: converged by this test, whatever its noise
+    assert fit_curve.convergence(noisy_rise)["converged"]
+
+
+def test_unconverged_fits_are_named_in_the_report(tmp_path):
+    root = make_study(tmp_path / "s")
+    for i, path in enumerate(sorted((root / "curves").glob("*.eval.json"))):
+        e = json.loads(path.read_text())
+        history = fit_history([1.0, 0.5, 0.45, 0.40] if i == 0 else [1.0, 0.5, 0.45, 0.448])
+        e["fit"] = {"epochs": 3, "schedule": "ref", "lr": 1e-3, "history": history, **fit_curve.convergence(history)}
+        path.write_text(json.dumps(e))
+    text = report.write_report(root, root / "report.md").read_text()
+    assert "**1 of 6 curve fits not converged**" in text and "fell 11.1% over the last 1 epoch(s)" in text
+    assert text.count("| **NO** |") == 1 and text.count("| yes |\n") >= 5
