@@ -329,3 +329,39 @@ def test_data_config_rejects_bad_settings(tmp_path, flags, base, message):
 def test_unknown_split_is_an_error(tmp_path):
     with pytest.raises(UserError, match="unknown split"):
         data.load_split(config_for(tmp_path, "--synthetic-size", "5"), "validation", progress=False)
+
+
+# ---------------------------------------------------------------- photo_patches.py: real photographs, offline
+
+def test_photo_patches_are_real_crops_deterministic_and_load_as_a_folder(tmp_path, monkeypatch):
+    import photo_patches
+
+    photo = tmp_path / "photo.png"  # a stand-in photograph: a horizontal ramp, so every crop's content depends on its place
+    ramp = np.tile(np.linspace(0, 255, 300).astype(np.uint8)[None, :, None], (200, 1, 3))
+    Image.fromarray(ramp).save(photo)
+    monkeypatch.setattr(photo_patches, "find_photos", lambda: [photo])
+    first = photo_patches.main(["--out", str(tmp_path / "a"), "--patches", "12", "--seed", "3"])
+    again = photo_patches.main(["--out", str(tmp_path / "b"), "--patches", "12", "--seed", "3"])
+    other = photo_patches.main(["--out", str(tmp_path / "c"), "--patches", "12", "--seed", "4"])
+    assert len(first) == 12 and [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+    assert [p.read_bytes() for p in first] != [p.read_bytes() for p in other]
+    means = set()
+    for path in first:
+        with Image.open(path) as png:
+            assert png.size == (64, 64) and png.mode == "RGB"
+            means.add(round(float(np.asarray(png).mean())))
+    assert len(means) > 6  # crops from different places of the ramp differ
+    with pytest.raises(UserError, match="already holds PNG files"):
+        photo_patches.main(["--out", str(tmp_path / "a"), "--patches", "12"])
+    config = data.data_config(argparse.Namespace(**{**data.DEFAULTS, "dataset": "folder", "data_root": str(tmp_path / "a"),
+                                                    "test_fraction": 0.25, "cache_dir": str(tmp_path / "cache")}))
+    assert len(data.load_split(config, "train")) == 9 and len(data.load_split(config, "test")) == 3
+
+
+def test_the_shipped_photographs_are_found():
+    import photo_patches
+
+    found = photo_patches.find_photos()
+    assert found and found[0].name == "grace_hopper.jpg"  # matplotlib is a requirement, so its photograph is always there
+    with Image.open(found[0]) as photo:
+        assert min(photo.size) >= 256
