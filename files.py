@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,15 @@ import torch
 # os.umask can only be read by setting it, so it is read once, here.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+# A temporary file of atomic_write older than this was left by a killed write: the next write to
+# its folder removes it, whatever file it was meant to become. Age, not name, makes removal safe:
+# another live process may be writing the very same name right now (two runs sharing a data cache
+# do), but no live write leaves its file untouched for an hour (each is one write and an fsync:
+# seconds; minutes for a multi-GB cache on a slow disk). And were a paused writer's file removed
+# all the same, its rename would fail loudly: no wrong file can result.
+STALE_TEMP_SECONDS = 3600
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # mkstemp(prefix=".NAME.", suffix=".tmp")
 
 
 class UserError(Exception):
@@ -50,6 +60,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     """Call `write(f)` on a temporary file beside `path`, fsync it, then rename it onto `path`."""
     path = Path(path)
     folder = ensure_dir(path.parent if str(path.parent) else ".")
+    remove_stale_temps(folder)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
@@ -68,6 +79,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             _remove(tmp)
         raise
     return path
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove the temporary files that killed atomic writes left in `folder` (see STALE_TEMP_SECONDS)."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    try:
+        with os.scandir(folder) as entries:
+            temps = [entry for entry in entries if _TEMP_NAME.fullmatch(entry.name)]
+    except OSError:
+        return
+    for entry in temps:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+        except OSError:  # gone already (another writer cleaned it up), or not ours to remove
+            pass
 
 
 def _chmod(path: str | os.PathLike, mode: int) -> None:

@@ -239,6 +239,31 @@ def test_atomic_write_keeps_the_previous_file_when_writing_fails(tmp_path):
     assert path.read_bytes() == b"previous" and files_under(tmp_path) == ["x.pt"]
 
 
+def test_the_next_write_removes_temporary_files_of_killed_writes_but_not_fresh_ones(tmp_path):
+    old = time.time() - files.STALE_TEMP_SECONDS - 60
+    killed = [tmp_path / ".x.json.k1ll3d_a.tmp", tmp_path / ".y.pt.k1ll3d_b.tmp"]  # this target's and another's
+    live = [tmp_path / ".x.json.l1v3_abc.tmp", tmp_path / ".y.pt.l1v3_abc.tmp"]  # perhaps being written right now
+    elsewhere, not_ours = tmp_path / "sub" / ".x.json.k1ll3d_c.tmp", tmp_path / ".notes.tmp"
+    for path in [*killed, *live, elsewhere, not_ours]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half a file")
+    for path in [*killed, elsewhere, not_ours]:
+        os.utime(path, (old, old))
+    files.write_json(tmp_path / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    assert files_under(tmp_path) == sorted(str(p.relative_to(tmp_path)) for p in [*live, elsewhere, not_ours, tmp_path / "x.json"])
+
+    def paused_for_hours(f):  # meanwhile another process cleans up: the write fails loudly, the file is kept
+        f.write("{}")
+        (temp,) = set(tmp_path.glob(".x.json.*.tmp")) - set(live)
+        os.utime(temp, (old, old))
+        files.remove_stale_temps(tmp_path)
+
+    with pytest.raises(UserError, match="could not write .*x.json"):
+        files.atomic_write(tmp_path / "x.json", paused_for_hours, binary=False)
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
 def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path):
     # mkstemp creates its file 0600: without a chmod, every checkpoint and figure would be private
     files.write_text(tmp_path / "atomic.txt", "x")
