@@ -714,16 +714,28 @@ def test_nan_loss_stops_training_naming_epoch_and_step_and_keeps_the_last_good_e
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(ae, "make_loss", lambda *args, **kwargs: loss_with_a_nan)
-    out = tmp_path / "a.pt"
-    with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 2, step 2; the learning rate .* is too high"):
-        train_ae.main([*flags, "--out", str(out)])
+    with monkeypatch.context() as mp:
+        mp.setattr(ae, "make_loss", lambda *args, **kwargs: loss_with_a_nan)
+        out = tmp_path / "a.pt"
+        with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 2, step 2; the learning rate .* is too high") as err:
+            train_ae.main([*flags, "--out", str(out)])
     assert files_under(tmp_path) == ["a.resume.pt"]
     assert load_checkpoint(tmp_path / "a.resume.pt", RESUME)["epoch"] == 0  # epoch 1 is kept
 
+    # The advice works: the same flags with the advised --lr and without --resume train afresh; with
+    # --resume the lower rate would be refused, since the resume state was started with another.
+    lr = re.fullmatch(r".*: rerun without --resume and with --lr (\S+)", str(err.value)).group(1)
+    assert float(lr) == pytest.approx(1e-4)  # a tenth of the default 1e-3
+    with pytest.raises(UserError, match=r"different settings \(lr\)"):
+        train_ae.main([*flags, "--lr", lr, "--out", str(out), "--resume"])
+    train_ae.main([*flags, "--lr", lr, "--out", str(out)])
+    ckpt = load_checkpoint(out, AE_FORMAT)
+    assert ckpt["config"]["lr"] == float(lr) and [h["epoch"] for h in ckpt["metrics"]["history"]] == list(range(1, EPOCHS + 1))
+    assert not (tmp_path / "a.resume.pt").exists()
+
 
 def test_too_high_a_learning_rate_is_reported_as_such(tmp_path):
-    message = r"diverged: loss is nan at epoch 1, step \d+; the learning rate 1e\+30 is too high for this data, try --lr"
+    message = r"diverged: loss is nan at epoch 1, step \d+; the learning rate 1e\+30 is too high for this data: rerun without --resume and with --lr 1e\+29$"
     with pytest.raises(UserError, match=message):
         train_ae.main(["--lr", "1e30", "--out", str(tmp_path / "out" / "a.pt"), *tiny_args(tmp_path, **{"--epochs": 2})])
     assert files_under(tmp_path / "out") == []
