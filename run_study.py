@@ -32,7 +32,7 @@ import fit_curve
 import plot
 import report
 import train_ae
-from files import UserError, ensure_dir, file_sha256, write_json
+from files import UserError, ensure_dir, file_sha256, folder_lock, write_json
 
 STUDY_FORMAT = "aemc-study-v1"
 # Every value can be overridden by the flag of the same name.
@@ -213,6 +213,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     settings = resolve_settings(args)
     device = cli.pick_device(args.device)
+    with folder_lock(args.out):  # before any data is loaded: a second run on the same folder stops here
+        return run(args, settings, device)
+
+
+def run(args: argparse.Namespace, settings: dict, device: torch.device) -> Path:
+    """Every step of the study in order, skipping those that are up to date, then the report."""
     out = Path(args.out)
     record_path = out / "study.json"
     previous = {} if args.force else finished_steps(record_path)

@@ -1,15 +1,31 @@
 """Tests of the whole study in one command (run_study.py) on a micro preset."""
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import cli
 import run_study
 
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
          "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
          "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu",
          "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3"]
+
+
+# Holds the study folder argv[1] locked, as a running study would, until it is killed.
+HOLD_LOCK = """
+import sys, time
+import files
+with files.folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
 
 
 def ran_steps(capsys):
@@ -49,6 +65,42 @@ def test_second_run_skips_everything(study, capsys):
     assert ran_steps(capsys) == []
 
 
+def snapshot(folder):
+    """Every file under `folder` with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_in_use_is_refused_in_one_line_and_a_killed_runs_lock_is_taken_over(study, monkeypatch, capsys):
+    folder, args, report = study
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=Path(__file__).parent,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(folder)
+
+        def no_data(*a, **kw):
+            raise AssertionError("data loaded although the folder is in use")
+
+        monkeypatch.setattr(run_study.data, "load_split", no_data)  # the refusal comes first
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(run_study.main, args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1
+        assert f"{folder} is in use by another run (PID {holder.pid} on host {socket.gethostname()}, started " in err
+        assert snapshot(folder) == before
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    monkeypatch.undo()
+    assert json.loads((folder / ".lock").read_text())["pid"] == holder.pid  # the killed run's lock file stays
+    with pytest.raises(ProcessLookupError):
+        os.kill(holder.pid, 0)
+    assert run_study.main(args) == report  # and is taken over
+    assert report.is_file() and not (folder / ".lock").exists()
+
+
 def test_deleting_a_curve_reruns_only_it_and_what_depends_on_it(study, capsys):
     folder, args, _ = study
     (folder / "curves/mse_s0-s1-bezier.pt").unlink()
@@ -77,6 +129,24 @@ def test_failing_step_is_named_and_finished_steps_kept(tmp_path, monkeypatch):
         run_study.main(args)
     assert (tmp_path / "study/ae/mse_s0.pt").is_file() and (tmp_path / "study/ae/mse_s1.pt").is_file()
     assert not (tmp_path / "study/report.md").exists()
+    assert not (tmp_path / "study/.lock").exists()  # the lock goes with the error
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_curve, "main", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study.main(args)
+    assert not (tmp_path / "study/.lock").exists()  # and with Ctrl-C
+
+
+def test_data_that_cannot_be_loaded_leaves_no_study_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    args = [*MICRO, "--dataset", "folder", "--data-root", str(tmp_path / "images"), "--out", str(tmp_path / "new" / "study"),
+            "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(run_study.UserError, match="no images"):
+        run_study.main(args)
+    assert not (tmp_path / "new").exists()
 
 
 def test_full_preset_without_celeba_root_is_refused():
