@@ -231,6 +231,7 @@ def run(args: argparse.Namespace, settings: dict, device: torch.device) -> Path:
               "device": str(device), "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                                   "torchvision": torchvision.__version__, "numpy": np.__version__},
               "dataset": data_cfg, "n_train_images": sizes["train"], "n_test_images": sizes["test"],
+              "plan": [{"kind": step["kind"], "output": Path(step["output"]).relative_to(out).as_posix()} for step in steps],  # what the report reads
               "steps": [], "done": dict(previous)}
     start, spent, ran = time.time(), {}, set()
     for n, step in enumerate(steps, 1):

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import cli
+import report
 import run_study
 
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
@@ -53,6 +55,7 @@ def test_report_has_every_table_and_figure(study):
         assert re.search(rf"\*\*{loss} group — (yes|partly|no)", text)
     for link in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (folder / link).is_file(), link
+    assert "Left out" not in text  # every file of this run fits its plan and settings
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
     assert [s["kind"] for s in record["steps"]] == ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["ensemble"] * 2 + ["plot"]
@@ -115,6 +118,22 @@ def test_changed_setting_reruns_the_steps_it_touches(study, capsys):
     run_study.main([*args, "--num-points", "4"])
     assert ran_steps(capsys) == ["eval mse bezier seeds 0-1", "eval perceptual bezier seeds 0-1", "plot figures"]
     assert len(json.loads((folder / "curves/mse_s0-s1-bezier.eval.json").read_text())["t"]) == 4
+
+
+def test_report_reads_only_the_current_plans_files_also_of_a_moved_study(study, tmp_path):
+    folder, _, _ = study
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    # as an earlier run with seeds 0, 1, 2 and --curve both would have left them
+    for src, dst in (("ae/mse_s1.json", "ae/mse_s2.json"), ("curves/mse_s0-s1-bezier.eval.json", "curves/mse_s0-s2-bezier.eval.json")):
+        (moved / dst).write_text((moved / src).read_text().replace("s1", "s2").replace('"seed": 1', '"seed": 2'))
+    shutil.copytree(moved / "ensembles/mse_bezier", moved / "ensembles/mse_polychain")
+    setup, text = report.main(["--study", str(moved)]).read_text().split("## Endpoints")
+    assert re.findall(r"^\| mse \| (\d) \|", text, flags=re.M) == ["0", "1"]  # the endpoints table
+    assert "s0-s2" not in text and "seeds 0–2" not in text and "Evidence: 2 pair(s) in all (mse: 1, perceptual: 1)" in text
+    assert re.findall(r"^### (\w+) group, (\w+) curve", text, flags=re.M) == [("mse", "bezier"), ("perceptual", "bezier")]
+    assert ("endpoints (1): `ae/mse_s2.json`; evaluations (1): `curves/mse_s0-s2-bezier.eval.json`; "
+            "ensembles (1): `ensembles/mse_polychain/ensemble.json`") in setup
 
 
 def test_failing_step_is_named_and_finished_steps_kept(tmp_path, monkeypatch):
