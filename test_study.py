@@ -1,4 +1,5 @@
 """Tests of the whole study in one command (run_study.py) on a micro preset."""
+import itertools
 import json
 import os
 import re
@@ -9,10 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import ae
 import cli
 import report
 import run_study
+from test_data import fake_celeba
 
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
          "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
@@ -166,6 +170,36 @@ def test_data_that_cannot_be_loaded_leaves_no_study_folder(tmp_path):
     with pytest.raises(run_study.UserError, match="no images"):
         run_study.main(args)
     assert not (tmp_path / "new").exists()
+
+
+def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
+    """The full preset's code path (CelebA loader, VGG16 relu1_2, relu2_2 and relu3_3 from a weight file,
+    snapshot ensemble) on a CelebA of 10 JPEGs, every size overridden small: VGG16 at 64x64 is slow on a CPU."""
+    parts = [0, 2, 0, 1, 0, 2, 1, 0, 2, 0]  # partition of each image: 0 train, 1 valid, 2 test
+    fake_celeba(tmp_path / "celeba", "txt", parts)
+    torch.manual_seed(0)
+    torch.save(ae._vgg16_trunk().state_dict(), tmp_path / "vgg16.pth")  # VGG16's features, randomly initialised
+    folder = tmp_path / "study"
+    report = run_study.main([
+        "--preset", "full", "--data-root", str(tmp_path / "celeba"), "--vgg-weights", str(tmp_path / "vgg16.pth"),
+        "--out", str(folder), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--seeds", "0", "1", "--width", "4",
+        "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--curve-epochs", "1", "--num-points", "3", "--bn-images", "8",
+        "--train-images", "4", "--test-images", "8", "--fge-cycles", "1", "--fge-cycle", "1", "--ensemble-k", "2",
+        "--ensemble-points", "3"])
+    n_train, n_test = parts.count(0), parts.count(2)  # the partition's train and test splits
+    setup = report.read_text().split("## Endpoints")[0]
+    assert f"- Dataset: celeba, {n_train} training / {n_test} test images" in setup and "- Preset: full" in setup
+    assert "`vgg_layers=['relu1_2', 'relu2_2', 'relu3_3']`" in setup and f"perceptual (VGG16 weights: {tmp_path / 'vgg16.pth'})" in setup
+    for loss, seed in itertools.product(("mse", "perceptual"), (0, 1)):
+        config = json.loads((folder / f"ae/{loss}_s{seed}.json").read_text())["config"]
+        assert config["data"]["dataset"] == "celeba" and config["loss"] == loss
+        assert config["vgg_layers"] == (["relu1_2", "relu2_2", "relu3_3"] if loss == "perceptual" else None)
+        assert config["vgg_weights"] == ("file:vgg16.pth" if loss == "perceptual" else None)  # the file, no random fallback
+    for loss in ("mse", "perceptual"):
+        evaluation = json.loads((folder / f"curves/{loss}_s0-s1-bezier.eval.json").read_text())
+        assert evaluation["data"]["dataset"] == "celeba" and evaluation["settings"]["test_images"] == n_test  # 8 asked, 3 there
+        ensembles = json.loads((folder / f"ensembles/{loss}_bezier/ensemble.json").read_text())
+        assert "sse" in ensembles["methods"] and "sse" in {row["method"] for row in ensembles["table"]}
 
 
 def test_full_preset_without_celeba_root_is_refused():
