@@ -702,7 +702,7 @@ def test_output_folder_that_cannot_be_created_or_written(fitted, tmp_path, monke
 
 # ---------------------------------------------------------------- 5. divergence
 
-def test_nan_loss_stops_training_naming_epoch_and_step_and_keeps_the_last_good_epoch(reference, tmp_path, monkeypatch):
+def test_nan_loss_stops_training_naming_epoch_and_step_keeps_the_last_good_epoch_and_its_advice_works(reference, tmp_path, monkeypatch):
     flags, _, _ = reference
     steps = []
 

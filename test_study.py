@@ -188,6 +188,7 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
         "--ensemble-points", "3"])
     n_train, n_test = parts.count(0), parts.count(2)  # the partition's train and test splits
     setup = report.read_text().split("## Endpoints")[0]
+    assert "Left out" not in setup  # its evaluations fit its settings: 8 test images asked, the 3 there used
     assert f"- Dataset: celeba, {n_train} training / {n_test} test images" in setup and "- Preset: full" in setup
     assert "`vgg_layers=['relu1_2', 'relu2_2', 'relu3_3']`" in setup and f"perceptual (VGG16 weights: {tmp_path / 'vgg16.pth'})" in setup
     for loss, seed in itertools.product(("mse", "perceptual"), (0, 1)):
