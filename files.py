@@ -1,4 +1,5 @@
-"""Files on disk: atomic writes, and checkpoints that are checked before they are trusted.
+"""Files on disk: atomic writes, checkpoints that are checked before they are trusted, and the
+lock that keeps two runs out of one folder.
 
 Every file the project writes goes through `atomic_write`: it is written to a temporary file in
 the same folder and renamed into place, so a crash or a full disk leaves the previous file (or
@@ -7,23 +8,42 @@ none), never a truncated one. Checkpoints are plain dicts of tensors and plain d
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
+import shlex
+import socket
+import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not locked
+    fcntl = None
 
 
 # mkstemp makes its file private (0600); written files get the mode a plain open() gives them.
 # os.umask can only be read by setting it, so it is read once, here.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+# A temporary file of atomic_write older than this was left by a killed write: the next write to
+# its folder removes it, whatever file it was meant to become. Age, not name, makes removal safe:
+# another live process may be writing the very same name right now (two runs sharing a data cache
+# do), but no live write leaves its file untouched for an hour (each is one write and an fsync:
+# seconds; minutes for a multi-GB cache on a slow disk). And were a paused writer's file removed
+# all the same, its rename would fail loudly: no wrong file can result.
+STALE_TEMP_SECONDS = 3600
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # mkstemp(prefix=".NAME.", suffix=".tmp")
 
 
 class UserError(Exception):
@@ -50,6 +70,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     """Call `write(f)` on a temporary file beside `path`, fsync it, then rename it onto `path`."""
     path = Path(path)
     folder = ensure_dir(path.parent if str(path.parent) else ".")
+    remove_stale_temps(folder)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
@@ -70,6 +91,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     return path
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Remove the temporary files that killed atomic writes left in `folder` (see STALE_TEMP_SECONDS)."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    try:
+        with os.scandir(folder) as entries:
+            temps = [entry for entry in entries if _TEMP_NAME.fullmatch(entry.name)]
+    except OSError:
+        return
+    for entry in temps:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+        except OSError:  # gone already (another writer cleaned it up), or not ours to remove
+            pass
+
+
 def _chmod(path: str | os.PathLike, mode: int) -> None:
     try:
         os.chmod(path, mode)
@@ -82,6 +119,73 @@ def _remove(path: str | os.PathLike) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold `<folder>/.lock` (creating the folder) while the block runs, or raise a UserError naming
+    the live process that holds it. On any exit the lock goes, and the folders it created if empty."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    ensure_dir(folder)
+    path, fd = folder / LOCK_NAME, None
+    try:
+        fd = _acquire(path)
+        yield path
+    finally:
+        if fd is not None:
+            _remove(path)  # while still holding it: see _acquire
+            os.close(fd)
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:  # not empty: the run left its outputs there
+                break
+
+
+def _acquire(path: Path) -> int | None:
+    """Lock `path` with flock and write who holds it. The kernel drops a flock when its holder dies,
+    however it dies, so a lock file left by a killed run is simply taken over: no PID guessing."""
+    if fcntl is None:
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(f"{path.parent} is in use by another run ({holder}); wait for it to end or stop it, "
+                            f"or choose another --out") from None
+        except OSError as e:  # a file system without locks: run unlocked rather than not at all
+            print(f"warning: cannot lock {path} ({e.strerror}); make sure no other run uses {path.parent}", file=sys.stderr)
+            os.close(fd)
+            return None
+        try:  # the holder before us unlinks the file as it releases it: lock the file that is there now
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": shlex.join(sys.argv)}
+    # written in place, not through atomic_write: a renamed file would be another file, unlocked
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    return fd
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds a lock file, in words, from what it holds."""
+    try:
+        info = json.loads(os.read(fd, 1 << 16))
+        command = " ".join(str(info["command"]).split())
+        return f"PID {info['pid']} on host {info['host']}, started {info['started']}, command: {command}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "a process that has not yet written its PID"
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

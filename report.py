@@ -3,6 +3,8 @@
 Reads only the files run_study.py left in the study folder (study.json, the endpoints' metrics
 JSONs, the curve evaluations and the figures; model code only to count parameters) and writes
 the set-up, the endpoint and curve tables, the figures, and an answer generated from the numbers.
+Of those files it uses the outputs of the plan in study.json, and evaluations only when they fit
+its settings and the curve checkpoint as it is now: files of earlier runs are named, not used.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from urllib.parse import quote
 import ae
 import cli
 import fit_curve
-from files import CURVE_FORMAT, UserError, load_checkpoint, write_text
+from files import CURVE_FORMAT, UserError, file_sha256, load_checkpoint, write_text
 from plot import pair_label, read_eval
 
 # A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.
@@ -26,6 +28,8 @@ SEGMENT_BARRIER = 0.10
 SEGMENT_OVER_CURVE = 2.0
 # A barrier (or a curve's excess over its worse end) within this many standard errors of zero counts as none.
 SIGNIFICANCE = 2.0
+
+ENSEMBLE_FORMAT = "aemc-ensemble-v1"
 
 # The verdict categories' headlines, as the report states them.
 HEADLINES = {
@@ -59,22 +63,65 @@ def read_json(path: Path, step: str) -> dict:
 
 
 def load_study(study_dir: Path) -> dict:
-    """study.json, the endpoints' metrics and the curve evaluations, sorted by group and pair."""
+    """study.json, and the endpoints' metrics, curve evaluations and ensembles of its plan, sorted by
+    group and pair; the files of earlier runs (other seeds, curves or settings) are listed as 'ignored'."""
     study = read_json(study_dir / "study.json", "run_study.py")
-    endpoint_files = sorted((study_dir / "ae").glob("*.json"))
-    if not endpoint_files:
+    endpoint_files = [p.with_suffix(".json") for p in planned(study, study_dir, "train", "ae/*.json")]
+    endpoints = [{**read_json(p, "train_ae.py"), "_path": str(p)} for p in endpoint_files if p.is_file()]
+    if not endpoints:
         raise UserError(f"no endpoint metrics (ae/*.json) in {study_dir}; run the train steps (run_study.py or train_ae.py)")
-    endpoints = [{**read_json(p, "train_ae.py"), "_path": str(p)} for p in endpoint_files]
     for m in endpoints:
         if not isinstance(m.get("config"), dict) or "test_loss" not in m:
             raise UserError(f"{m['_path']} is not an endpoint metrics file of train_ae.py; retrain that endpoint")
-    eval_files = sorted((study_dir / "curves").glob("*.eval.json"))
-    if not eval_files:
-        raise UserError(f"no curve evaluations (curves/*.eval.json) in {study_dir}; run the eval steps (run_study.py or eval_curve.py)")
-    evals = [read_eval(p) for p in eval_files]
+    evals = [read_eval(p) for p in planned(study, study_dir, "eval", "curves/*.eval.json") if p.is_file()]
+    evals = [e for e in evals if eval_fits(e, study, study_dir)]
+    if not evals:
+        raise UserError(f"no curve evaluations (curves/*.eval.json) of this study's settings in {study_dir}; "
+                        f"run the eval steps (run_study.py or eval_curve.py)")
+    ensembles = [e for e in load_ensembles(study, study_dir) if same_curve(e, study_dir)]
+    used = {Path(x["_path"]) for x in [*endpoints, *evals, *ensembles]}
+    ignored = {what: sorted(p.relative_to(study_dir).as_posix() for p in study_dir.glob(pattern) if p not in used)
+               for what, pattern in (("endpoints", "ae/*.json"), ("evaluations", "curves/*.eval.json"), ("ensembles", "ensembles/*/ensemble.json"))}
     endpoints.sort(key=lambda m: (group_order(m["config"]["loss"]), m["config"].get("seed", 0)))
     evals.sort(key=lambda e: (group_order(e["loss"]), stem(e)))
-    return {"study": study, "endpoints": endpoints, "evals": evals}
+    return {"study": study, "endpoints": endpoints, "evals": evals, "ensembles": ensembles, "ignored": ignored}
+
+
+def load_ensembles(study: dict, study_dir: Path) -> list[dict]:
+    """The ensemble.json files of the study's plan that are there, each checked to be one."""
+    ensembles = [{**read_json(p, "ensemble.py"), "_path": str(p)}
+                 for p in planned(study, study_dir, "ensemble", "ensembles/*/ensemble.json") if p.is_file()]
+    for e in ensembles:
+        if e.get("format") != ENSEMBLE_FORMAT:
+            raise UserError(f"{e['_path']} is not an ensemble file of ensemble.py (format {ENSEMBLE_FORMAT}); rerun ensemble.py")
+    return ensembles
+
+
+def planned(study: dict, study_dir: Path, kind: str, pattern: str) -> list[Path]:
+    """The outputs of the study's steps of `kind`, as its plan in study.json lists them; every file
+    matching `pattern` for a study.json written before run_study recorded its plan."""
+    plan = study.get("plan")
+    if not isinstance(plan, list):
+        return sorted(study_dir.glob(pattern))
+    return [study_dir / step["output"] for step in plan if isinstance(step, dict) and step.get("kind") == kind]
+
+
+def same_curve(result: dict, study_dir: Path) -> bool:
+    """Whether `result` was computed from the curve checkpoint that is in the study folder now
+    (when the checkpoint is not there, a copied study without its .pt files, it cannot be checked)."""
+    ckpt = study_dir / "curves" / Path(str(result.get("curve_ckpt"))).name
+    return not ckpt.is_file() or file_sha256(ckpt) == result.get("curve_sha256")
+
+
+def eval_fits(result: dict, study: dict, study_dir: Path) -> bool:
+    """Whether an evaluation file is of its own curve, that curve as it is now, and the study's settings
+    (number of t, and image counts: the setting, capped by the split's size)."""
+    settings, made = study.get("settings") or {}, result.get("settings") or {}
+    cap = lambda key, n: None if settings.get(key) is None or n is None else min(settings[key], n)  # noqa: E731
+    expected = {"num_points": settings.get("num_points"), "bn_images": cap("bn_images", study.get("n_train_images")),
+                "train_images": cap("train_images", study.get("n_train_images")), "test_images": cap("test_images", study.get("n_test_images"))}
+    return (Path(str(result.get("curve_ckpt"))).name == f"{stem(result)}.pt" and same_curve(result, study_dir)
+            and all(value is None or made.get(key) == value for key, value in expected.items()))
 
 
 def group_order(loss: str) -> tuple:
@@ -308,13 +355,20 @@ def setup_section(study_dir: Path, s: dict) -> str:
         f"- Losses: {losses}",
         f"- Epochs: endpoints {epochs}; curves {curve_epochs(study_dir, evals, study.get('settings', {}))}",
         f"- Device: {study.get('device', '?')}; versions: {versions or '?'}",
-        f"- Preset: {study.get('preset', '?')}; settings: {settings or 'none recorded'}", "",
+        f"- Preset: {study.get('preset', '?')}; settings: {settings or 'none recorded'}",
+        *ignored_line(s["ignored"]), "",
     ]
     steps = study.get("steps", [])
     rows = [[st["name"], st.get("kind", ""), f"`{st.get('output', '')}`", "skipped (output existed)" if st.get("skipped") else duration(st.get("seconds", 0))]
             for st in steps]
     total = sum(st.get("seconds", 0) for st in steps if not st.get("skipped"))
     return "\n".join(lines) + "\n" + table(["step", "kind", "output", "time"], rows) + f"\n\nTotal wall time of the steps run: {duration(total)}.\n"
+
+
+def ignored_line(ignored: dict[str, list[str]]) -> list[str]:
+    """The files in the study folder that this report leaves out, as one line (none if there are none)."""
+    parts = [f"{what} ({len(names)}): {', '.join(f'`{n}`' for n in names)}" for what, names in ignored.items() if names]
+    return [f"- Left out, as not of this study's current plan, settings or curves (files of earlier runs): {'; '.join(parts)}"] if parts else []
 
 
 def endpoints_section(s: dict, report_dir: Path) -> str:
@@ -392,13 +446,9 @@ def fits_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str:
     return "\n".join(text)
 
 
-ENSEMBLE_FORMAT = "aemc-ensemble-v1"
-
-
-def ensembles_section(study_dir: Path, report_dir: Path) -> str:
-    """Table 1 for autoencoders, per loss group: every ensemble with its budget and diversity, from ensembles/*/ensemble.json."""
-    paths = sorted((study_dir / "ensembles").glob("*/ensemble.json"))
-    if not paths:
+def ensembles_section(ensembles: list[dict], report_dir: Path) -> str:
+    """Table 1 for autoencoders, per loss group: every ensemble with its budget and diversity, from the plan's ensemble.json files."""
+    if not ensembles:
         return ""
     text = ["## Ensembles", "",
             "An ensemble reconstructs an image as the mean of its members' reconstructions. Budget = every training epoch its members "
@@ -406,10 +456,8 @@ def ensembles_section(study_dir: Path, report_dir: Path) -> str:
             "the single model trained longer the start endpoint's plus the same extra steps. Diversity = mean over pairs of members of "
             "the mean squared difference per pixel of their test reconstructions; w cos = mean pairwise cosine of their weight vectors."]
     header = ["method", "budget (epochs)", "members", "test loss", "test MSE", "test PSNR (dB)", "mean member loss", "diversity", "w cos"]
-    for path in paths:
-        e = read_json(path, "ensemble.py")
-        if e.get("format") != ENSEMBLE_FORMAT:
-            raise UserError(f"{path} is not an ensemble file of ensemble.py (format {ENSEMBLE_FORMAT}); rerun ensemble.py")
+    for e in ensembles:
+        path = Path(e["_path"])
         dash = lambda x, f: "–" if x is None else format(x, f)  # noqa: E731
         rows = [[r["label"], f"{r['budget_epochs']:.3g}", r["members"], f"{r['test_loss']:.4g} ± {r['test_loss_se']:.2g}",
                  f"{r['test_mse']:.4g}", f"{r['test_psnr']:.2f}", f"{r['member_test_loss']:.4g}", dash(r["diversity"], ".3g"),
@@ -441,7 +489,7 @@ def write_report(study_dir: Path, out: Path) -> Path:
     lines += [f"Generated by report.py from the files in `{study_dir}` (no model was run); the answer is in the last section.", ""]
     sections = [setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
                 fits_section(study_dir.resolve(), s["evals"], report_dir),
-                figures_section(study_dir.resolve(), s["evals"], report_dir), ensembles_section(study_dir.resolve(), report_dir),
+                figures_section(study_dir.resolve(), s["evals"], report_dir), ensembles_section(s["ensembles"], report_dir),
                 "## Answer\n\n" + answer(s["evals"], study) + "\n"]
     return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))
 

@@ -33,7 +33,7 @@ import plot
 import report
 import train_ae
 import training
-from files import UserError, ensure_dir, file_sha256, write_json
+from files import UserError, ensure_dir, file_sha256, folder_lock, write_json
 
 STUDY_FORMAT = "aemc-study-v1"
 # Every value can be overridden by the flag of the same name. A value given per loss group (a dict)
@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     settings = resolve_settings(args)
     device = cli.pick_device(args.device)
+    with folder_lock(args.out):  # before any data is loaded: a second run on the same folder stops here
+        return run(args, settings, device)
+
+
+def run(args: argparse.Namespace, settings: dict, device: torch.device) -> Path:
+    """Every step of the study in order, skipping those that are up to date, then the report."""
     out = Path(args.out)
     record_path = out / "study.json"
     previous = {} if args.force else finished_steps(record_path)
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> Path:
               "device": str(device), "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                                   "torchvision": torchvision.__version__, "numpy": np.__version__},
               "dataset": data_cfg, "n_train_images": sizes["train"], "n_test_images": sizes["test"],
+              "plan": [{"kind": step["kind"], "output": Path(step["output"]).relative_to(out).as_posix()} for step in steps],  # what the report reads
               "steps": [], "done": dict(previous)}
     start, spent, ran = time.time(), {}, set()
     for n, step in enumerate(steps, 1):

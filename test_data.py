@@ -36,17 +36,18 @@ def random_colour(rng):
     return [int(c) for c in rng.integers(0, 256, 3)]
 
 
-def fake_celeba(root, layout):
-    """A tiny CelebA: 178x218 JPEGs whose 148x148 centre has its own colour, in either layout."""
+def fake_celeba(root, layout, parts=CELEBA_PARTS):
+    """A tiny CelebA: 178x218 JPEGs whose 148x148 centre has its own colour, in either layout; `parts`
+    gives each image's partition (0 train, 1 valid, 2 test)."""
     rng = np.random.default_rng(0)
     if layout == "txt":
         images, partition = root / "celeba" / "img_align_celeba", root / "celeba" / "list_eval_partition.txt"
-        lines = [f"{i + 1:06d}.jpg {part}" for i, part in enumerate(CELEBA_PARTS)]
+        lines = [f"{i + 1:06d}.jpg {part}" for i, part in enumerate(parts)]
     else:
         images, partition = root / "img_align_celeba" / "img_align_celeba", root / "list_eval_partition.csv"
-        lines = ["image_id,partition"] + [f"{i + 1:06d}.jpg,{part}" for i, part in enumerate(CELEBA_PARTS)]
+        lines = ["image_id,partition"] + [f"{i + 1:06d}.jpg,{part}" for i, part in enumerate(parts)]
     centres = {}
-    for i in range(len(CELEBA_PARTS)):
+    for i in range(len(parts)):
         name = f"{i + 1:06d}.jpg"
         centres[name] = random_colour(rng)
         framed_image(images / name, (178, 218), 148, centres[name], [255, 0, 255])

@@ -239,6 +239,31 @@ def test_atomic_write_keeps_the_previous_file_when_writing_fails(tmp_path):
     assert path.read_bytes() == b"previous" and files_under(tmp_path) == ["x.pt"]
 
 
+def test_the_next_write_removes_temporary_files_of_killed_writes_but_not_fresh_ones(tmp_path):
+    old = time.time() - files.STALE_TEMP_SECONDS - 60
+    killed = [tmp_path / ".x.json.k1ll3d_a.tmp", tmp_path / ".y.pt.k1ll3d_b.tmp"]  # this target's and another's
+    live = [tmp_path / ".x.json.l1v3_abc.tmp", tmp_path / ".y.pt.l1v3_abc.tmp"]  # perhaps being written right now
+    elsewhere, not_ours = tmp_path / "sub" / ".x.json.k1ll3d_c.tmp", tmp_path / ".notes.tmp"
+    for path in [*killed, *live, elsewhere, not_ours]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half a file")
+    for path in [*killed, elsewhere, not_ours]:
+        os.utime(path, (old, old))
+    files.write_json(tmp_path / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    assert files_under(tmp_path) == sorted(str(p.relative_to(tmp_path)) for p in [*live, elsewhere, not_ours, tmp_path / "x.json"])
+
+    def paused_for_hours(f):  # meanwhile another process cleans up: the write fails loudly, the file is kept
+        f.write("{}")
+        (temp,) = set(tmp_path.glob(".x.json.*.tmp")) - set(live)
+        os.utime(temp, (old, old))
+        files.remove_stale_temps(tmp_path)
+
+    with pytest.raises(UserError, match="could not write .*x.json"):
+        files.atomic_write(tmp_path / "x.json", paused_for_hours, binary=False)
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
 def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path):
     # mkstemp creates its file 0600: without a chmod, every checkpoint and figure would be private
     files.write_text(tmp_path / "atomic.txt", "x")
@@ -677,7 +702,7 @@ def test_output_folder_that_cannot_be_created_or_written(fitted, tmp_path, monke
 
 # ---------------------------------------------------------------- 5. divergence
 
-def test_nan_loss_stops_training_naming_epoch_and_step_and_keeps_the_last_good_epoch(reference, tmp_path, monkeypatch):
+def test_nan_loss_stops_training_naming_epoch_and_step_keeps_the_last_good_epoch_and_its_advice_works(reference, tmp_path, monkeypatch):
     flags, _, _ = reference
     steps = []
 
@@ -689,16 +714,28 @@ def test_nan_loss_stops_training_naming_epoch_and_step_and_keeps_the_last_good_e
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(ae, "make_loss", lambda *args, **kwargs: loss_with_a_nan)
-    out = tmp_path / "a.pt"
-    with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 2, step 2; the learning rate .* is too high"):
-        train_ae.main([*flags, "--out", str(out)])
+    with monkeypatch.context() as mp:
+        mp.setattr(ae, "make_loss", lambda *args, **kwargs: loss_with_a_nan)
+        out = tmp_path / "a.pt"
+        with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 2, step 2; the learning rate .* is too high") as err:
+            train_ae.main([*flags, "--out", str(out)])
     assert files_under(tmp_path) == ["a.resume.pt"]
     assert load_checkpoint(tmp_path / "a.resume.pt", RESUME)["epoch"] == 0  # epoch 1 is kept
 
+    # The advice works: the same flags with the advised --lr and without --resume train afresh; with
+    # --resume the lower rate would be refused, since the resume state was started with another.
+    lr = re.fullmatch(r".*: rerun without --resume and with --lr (\S+)", str(err.value)).group(1)
+    assert float(lr) == pytest.approx(1e-4)  # a tenth of the default 1e-3
+    with pytest.raises(UserError, match=r"different settings \(lr\)"):
+        train_ae.main([*flags, "--lr", lr, "--out", str(out), "--resume"])
+    train_ae.main([*flags, "--lr", lr, "--out", str(out)])
+    ckpt = load_checkpoint(out, AE_FORMAT)
+    assert ckpt["config"]["lr"] == float(lr) and [h["epoch"] for h in ckpt["metrics"]["history"]] == list(range(1, EPOCHS + 1))
+    assert not (tmp_path / "a.resume.pt").exists()
+
 
 def test_too_high_a_learning_rate_is_reported_as_such(tmp_path):
-    message = r"diverged: loss is nan at epoch 1, step \d+; the learning rate 1e\+30 is too high for this data, try --lr"
+    message = r"diverged: loss is nan at epoch 1, step \d+; the learning rate 1e\+30 is too high for this data: rerun without --resume and with --lr 1e\+29$"
     with pytest.raises(UserError, match=message):
         train_ae.main(["--lr", "1e30", "--out", str(tmp_path / "out" / "a.pt"), *tiny_args(tmp_path, **{"--epochs": 2})])
     assert files_under(tmp_path / "out") == []

@@ -226,6 +226,50 @@ def test_cli_writes_the_default_report_and_errors_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and err.strip().count("\n") == 0 and "does not exist" in err
 
 
+def plan_seeds_0_and_1(root: Path) -> None:
+    """Record in study.json a plan of seeds 0 and 1 with Bezier and PolyChain curves, evaluated at len(T) values of t."""
+    study = json.loads((root / "study.json").read_text())
+    study["settings"]["num_points"] = len(T)
+    study["plan"] = [{"kind": "train", "output": f"ae/{loss}_s{seed}.pt"} for loss in ("mse", "perceptual") for seed in (0, 1)]
+    study["plan"] += [{"kind": "eval", "output": f"curves/{loss}_s0-s1-{curve}.eval.json"}
+                      for loss in ("mse", "perceptual") for curve in ("bezier", "polychain")]
+    (root / "study.json").write_text(json.dumps(study))
+
+
+def test_files_left_by_earlier_runs_are_left_out(tmp_path):
+    texts = {}
+    for name in ("clean", "stale"):
+        root = make_study(tmp_path / name / "study")
+        plan_seeds_0_and_1(root)
+        for path in [*root.glob("ae/*_s2.*"), *root.glob("curves/*-s2-*"), *root.glob("figures/*-s2-*")]:
+            path.unlink()
+        if name == "stale":  # bumpy curves all: were any of these read, the verdicts would change
+            for loss in ("mse", "perceptual"):
+                (root / "ae" / f"{loss}_s2.json").write_text((root / "ae" / f"{loss}_s1.json").read_text().replace('"seed": 1', '"seed": 2'))
+                for seeds in ((0, 2), (1, 2)):  # an earlier run with seeds 0, 1 and 2
+                    (root / "curves" / f"{loss}_s{seeds[0]}-s{seeds[1]}-bezier.eval.json").write_text(json.dumps(fake_eval(loss, seeds, BUMP, BUMP)))
+            (root / "curves" / "mse_s0-s1-bezier.old.eval.json").write_text(json.dumps(fake_eval("mse", (0, 1), BUMP, BUMP)))  # a copy
+            other_t = {**fake_eval("mse", (0, 1), BUMP, BUMP, "polychain"), "settings": {"num_points": 5}}  # planned, other settings
+            (root / "curves" / "mse_s0-s1-polychain.eval.json").write_text(json.dumps(other_t))
+            (root / "curves" / "perceptual_s0-s1-polychain.pt").write_bytes(b"the curve as refitted since")  # planned, older curve
+            refitted = {**fake_eval("perceptual", (0, 1), BUMP, BUMP, "polychain"), "curve_sha256": "0" * 64}
+            (root / "curves" / "perceptual_s0-s1-polychain.eval.json").write_text(json.dumps(refitted))
+        text = report.main(["--study", str(root)]).read_text()
+        texts[name] = [line for line in text.splitlines() if str(root) not in line]
+    note = [line for line in texts["stale"] if line.startswith("- Left out, as not of this study's current plan, settings or curves (files of earlier runs): ")]
+    assert len(note) == 1 and "endpoints (2): `ae/mse_s2.json`, `ae/perceptual_s2.json`; evaluations (7): `curves/mse_s0-s1-bezier.old.eval.json`, " in note[0]
+    assert [line for line in texts["stale"] if line not in note] == texts["clean"]  # the same report, line for line
+    text = "\n".join(texts["stale"])
+    assert text.count("connected by low-loss curves although the straight segment is not") == 2 and "0–2" not in text
+    assert "Evidence: 2 pair(s) in all (mse: 1, perceptual: 1)" in text and "polychain" not in text.split("## Curves")[1]
+    assert sorted(re.findall(r"^\| (mse|perceptual) \| (\d) \|", text, flags=re.M)) == [("mse", "0"), ("mse", "1"), ("perceptual", "0"), ("perceptual", "1")]
+    # without its plan (a study.json from before plans were recorded) the folder's every evaluation of the settings is read
+    study = json.loads((tmp_path / "stale/study/study.json").read_text())
+    del study["plan"]
+    (tmp_path / "stale/study/study.json").write_text(json.dumps(study))
+    assert "seeds 0–2" in report.write_report(tmp_path / "stale/study", tmp_path / "legacy.md").read_text()
+
+
 # ---------------------------------------------------------------- end to end on real files
 
 def test_report_of_a_real_tiny_study(endpoints, tmp_path):

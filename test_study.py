@@ -1,15 +1,37 @@
 """Tests of the whole study in one command (run_study.py) on a micro preset."""
+import itertools
 import json
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+import ae
+import cli
+import report
 import run_study
+from test_data import fake_celeba
 
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
          "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
          "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu",
          "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3"]
+
+
+# Holds the study folder argv[1] locked, as a running study would, until it is killed.
+HOLD_LOCK = """
+import sys, time
+import files
+with files.folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
 
 
 def ran_steps(capsys):
@@ -37,6 +59,7 @@ def test_report_has_every_table_and_figure(study):
         assert re.search(rf"\*\*{loss} group — (yes|partly|no)", text)
     for link in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (folder / link).is_file(), link
+    assert "Left out" not in text  # every file of this run fits its plan and settings
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
     assert [s["kind"] for s in record["steps"]] == ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["ensemble"] * 2 + ["plot"]
@@ -47,6 +70,42 @@ def test_second_run_skips_everything(study, capsys):
     capsys.readouterr()
     run_study.main(args)
     assert ran_steps(capsys) == []
+
+
+def snapshot(folder):
+    """Every file under `folder` with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_in_use_is_refused_in_one_line_and_a_killed_runs_lock_is_taken_over(study, monkeypatch, capsys):
+    folder, args, report = study
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=Path(__file__).parent,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(folder)
+
+        def no_data(*a, **kw):
+            raise AssertionError("data loaded although the folder is in use")
+
+        monkeypatch.setattr(run_study.data, "load_split", no_data)  # the refusal comes first
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(run_study.main, args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1
+        assert f"{folder} is in use by another run (PID {holder.pid} on host {socket.gethostname()}, started " in err
+        assert snapshot(folder) == before
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    monkeypatch.undo()
+    assert json.loads((folder / ".lock").read_text())["pid"] == holder.pid  # the killed run's lock file stays
+    with pytest.raises(ProcessLookupError):
+        os.kill(holder.pid, 0)
+    assert run_study.main(args) == report  # and is taken over
+    assert report.is_file() and not (folder / ".lock").exists()
 
 
 def test_deleting_a_curve_reruns_only_it_and_what_depends_on_it(study, capsys):
@@ -65,6 +124,22 @@ def test_changed_setting_reruns_the_steps_it_touches(study, capsys):
     assert len(json.loads((folder / "curves/mse_s0-s1-bezier.eval.json").read_text())["t"]) == 4
 
 
+def test_report_reads_only_the_current_plans_files_also_of_a_moved_study(study, tmp_path):
+    folder, _, _ = study
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    # as an earlier run with seeds 0, 1, 2 and --curve both would have left them
+    for src, dst in (("ae/mse_s1.json", "ae/mse_s2.json"), ("curves/mse_s0-s1-bezier.eval.json", "curves/mse_s0-s2-bezier.eval.json")):
+        (moved / dst).write_text((moved / src).read_text().replace("s1", "s2").replace('"seed": 1', '"seed": 2'))
+    shutil.copytree(moved / "ensembles/mse_bezier", moved / "ensembles/mse_polychain")
+    setup, text = report.main(["--study", str(moved)]).read_text().split("## Endpoints")
+    assert re.findall(r"^\| mse \| (\d) \|", text, flags=re.M) == ["0", "1"]  # the endpoints table
+    assert "s0-s2" not in text and "seeds 0–2" not in text and "Evidence: 2 pair(s) in all (mse: 1, perceptual: 1)" in text
+    assert re.findall(r"^### (\w+) group, (\w+) curve", text, flags=re.M) == [("mse", "bezier"), ("perceptual", "bezier")]
+    assert ("endpoints (1): `ae/mse_s2.json`; evaluations (1): `curves/mse_s0-s2-bezier.eval.json`; "
+            "ensembles (1): `ensembles/mse_polychain/ensemble.json`") in setup
+
+
 def test_failing_step_is_named_and_finished_steps_kept(tmp_path, monkeypatch):
     import fit_curve
 
@@ -77,6 +152,55 @@ def test_failing_step_is_named_and_finished_steps_kept(tmp_path, monkeypatch):
         run_study.main(args)
     assert (tmp_path / "study/ae/mse_s0.pt").is_file() and (tmp_path / "study/ae/mse_s1.pt").is_file()
     assert not (tmp_path / "study/report.md").exists()
+    assert not (tmp_path / "study/.lock").exists()  # the lock goes with the error
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_curve, "main", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study.main(args)
+    assert not (tmp_path / "study/.lock").exists()  # and with Ctrl-C
+
+
+def test_data_that_cannot_be_loaded_leaves_no_study_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    args = [*MICRO, "--dataset", "folder", "--data-root", str(tmp_path / "images"), "--out", str(tmp_path / "new" / "study"),
+            "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(run_study.UserError, match="no images"):
+        run_study.main(args)
+    assert not (tmp_path / "new").exists()
+
+
+def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
+    """The full preset's code path (CelebA loader, VGG16 relu1_2, relu2_2 and relu3_3 from a weight file,
+    snapshot ensemble) on a CelebA of 10 JPEGs, every size overridden small: VGG16 at 64x64 is slow on a CPU."""
+    parts = [0, 2, 0, 1, 0, 2, 1, 0, 2, 0]  # partition of each image: 0 train, 1 valid, 2 test
+    fake_celeba(tmp_path / "celeba", "txt", parts)
+    torch.manual_seed(0)
+    torch.save(ae._vgg16_trunk().state_dict(), tmp_path / "vgg16.pth")  # VGG16's features, randomly initialised
+    folder = tmp_path / "study"
+    report = run_study.main([
+        "--preset", "full", "--data-root", str(tmp_path / "celeba"), "--vgg-weights", str(tmp_path / "vgg16.pth"),
+        "--out", str(folder), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--seeds", "0", "1", "--width", "4",
+        "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--curve-epochs", "1", "--num-points", "3", "--bn-images", "8",
+        "--train-images", "4", "--test-images", "8", "--fge-cycles", "1", "--fge-cycle", "1", "--ensemble-k", "2",
+        "--ensemble-points", "3"])
+    n_train, n_test = parts.count(0), parts.count(2)  # the partition's train and test splits
+    setup = report.read_text().split("## Endpoints")[0]
+    assert "Left out" not in setup  # its evaluations fit its settings: 8 test images asked, the 3 there used
+    assert f"- Dataset: celeba, {n_train} training / {n_test} test images" in setup and "- Preset: full" in setup
+    assert "`vgg_layers=['relu1_2', 'relu2_2', 'relu3_3']`" in setup and f"perceptual (VGG16 weights: {tmp_path / 'vgg16.pth'})" in setup
+    for loss, seed in itertools.product(("mse", "perceptual"), (0, 1)):
+        config = json.loads((folder / f"ae/{loss}_s{seed}.json").read_text())["config"]
+        assert config["data"]["dataset"] == "celeba" and config["loss"] == loss
+        assert config["vgg_layers"] == (["relu1_2", "relu2_2", "relu3_3"] if loss == "perceptual" else None)
+        assert config["vgg_weights"] == ("file:vgg16.pth" if loss == "perceptual" else None)  # the file, no random fallback
+    for loss in ("mse", "perceptual"):
+        evaluation = json.loads((folder / f"curves/{loss}_s0-s1-bezier.eval.json").read_text())
+        assert evaluation["data"]["dataset"] == "celeba" and evaluation["settings"]["test_images"] == n_test  # 8 asked, 3 there
+        ensembles = json.loads((folder / f"ensembles/{loss}_bezier/ensemble.json").read_text())
+        assert "sse" in ensembles["methods"] and "sse" in {row["method"] for row in ensembles["table"]}
 
 
 def test_full_preset_without_celeba_root_is_refused():

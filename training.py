@@ -85,8 +85,9 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
         value = loss.item()
         if not math.isfinite(value):
             lr = optimizer.param_groups[0]["lr"]
+            # not "--resume with a lower --lr": load_resume refuses a changed lr, so the advice is to start over
             raise UserError(f"training diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}; the learning "
-                            f"rate {lr:g} is too high for this data, try --lr {lr / 10:g} (last good epoch is kept)")
+                            f"rate {lr:g} is too high for this data: rerun without --resume and with --lr {lr / 10:g}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
