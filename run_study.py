@@ -39,12 +39,12 @@ STUDY_FORMAT = "aemc-study-v1"
 # Every value can be overridden by the flag of the same name. A value given per loss group (a dict)
 # is spent where it buys quality: an MSE step costs a tenth of a perceptual one.
 PRESETS = {
-    "quick": {  # built-in synthetic faces, sized to finish on a 2-core CPU in about 12 minutes
-        "dataset": "synthetic", "data_root": None, "synthetic_size": 1000, "n_train": None, "n_test": 200,
-        "width": 16, "latent_dim": 128, "batch_size": 32, "epochs": 4, "lr": 2e-3,
-        "curve_epochs": 4, "curve_lr": 2e-3, "schedule": "ref", "num_points": 61, "bn_images": 200, "train_images": 64,
-        "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
-        "fge_cycles": 2, "fge_cycle": 1.0, "ensemble_k": 4, "ensemble_points": 11, "sse": False,
+    "quick": {  # built-in synthetic faces, sized to finish on a 2-core CPU in about 6 minutes
+        "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
+        "width": 16, "latent_dim": 128, "batch_size": {"mse": 32, "perceptual": 16}, "epochs": {"mse": 16, "perceptual": 2},
+        "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "num_points": 31, "bn_images": 200,
+        "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
+        "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
     "full": {  # CelebA at 64x64, meant for one GPU
@@ -52,7 +52,8 @@ PRESETS = {
         "width": 32, "latent_dim": 128, "batch_size": 128, "epochs": 30, "lr": 1e-3,
         "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "num_points": 61, "bn_images": 5000, "train_images": 5000,
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
-        "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
+        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
 }
 
@@ -97,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble-points", type=cli.at_least_two, default=None, help=preset_help("ensemble_points", "values of t of Figure 2c"))
     p.add_argument("--sse", action=argparse.BooleanOptionalAction, default=None,
                    help=preset_help("sse", "also fit a snapshot ensemble as a baseline (--no-sse skips it)"))
+    p.add_argument("--ensemble-losses", nargs="+", choices=ae.LOSSES, default=None,
+                   help=preset_help("ensemble_losses", "loss groups whose first pair gets the ensemble step"))
     p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
     cli.add_device_arg(p)
     return p.parse_args(argv)
@@ -158,7 +161,7 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
     for loss in s["losses"]:
         for seed in s["seeds"]:
             ckpt = out / "ae" / f"{loss}_s{seed}.pt"
-            argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", s["batch_size"],
+            argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", for_group(s["batch_size"], loss),
                     "--lr", s["lr"], "--schedule", s["schedule"], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
                     "--vgg-layers", *s["vgg_layers"], *device, "--out", ckpt]
             steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
@@ -167,7 +170,7 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
             a, b = out / "ae" / f"{loss}_s{i}.pt", out / "ae" / f"{loss}_s{j}.pt"
             ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
             argv = ["--a", a, "--b", b, "--curve", curve, "--num-bends", s["num_bends"], "--epochs", for_group(s["curve_epochs"], loss),
-                    "--lr", s["curve_lr"], "--schedule", s["schedule"], "--batch-size", s["batch_size"], "--seed", 0, "--bn-images", s["bn_images"],
+                    "--lr", s["curve_lr"], "--schedule", s["schedule"], "--batch-size", for_group(s["batch_size"], loss), "--seed", 0, "--bn-images", s["bn_images"],
                     *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", ckpt]
             steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "main": fit_curve.main, "argv": argv,
                           "output": ckpt, "inputs": [a, b]})
@@ -178,7 +181,8 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
-    for loss, curve in itertools.product(s["losses"], s["curves"]) if s["ensembles"] else ():
+    ensemble_losses = [loss for loss in s["losses"] if loss in s["ensemble_losses"]] if s["ensembles"] else []
+    for loss, curve in itertools.product(ensemble_losses, s["curves"]):
         i, j = s["seeds"][:2]  # the first pair's curve; every seed's endpoint joins the endpoint ensembles
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
         members = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]

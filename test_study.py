@@ -21,7 +21,7 @@ from test_data import fake_celeba
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
          "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
          "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu",
-         "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3"]
+         "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3", "--ensemble-losses", "mse", "perceptual"]
 
 
 # Holds the study folder argv[1] locked, as a running study would, until it is killed.
@@ -206,3 +206,20 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
 def test_full_preset_without_celeba_root_is_refused():
     with pytest.raises(run_study.UserError, match="--data-root"):
         run_study.main(["--preset", "full"])
+
+
+def test_quick_preset_spends_its_budget_per_group():
+    """Settings given per loss group reach each group's steps; the quick preset gives MSE more epochs and ensembles."""
+    settings = run_study.resolve_settings(run_study.parse_args([]))
+    steps = run_study.plan(settings, Path("study"), "random")
+    def flag(step, name):
+        return step["argv"][step["argv"].index(name) + 1]
+    train = {s["name"]: s for s in steps if s["kind"] == "train"}
+    fits = [s for s in steps if s["kind"] == "fit"]
+    assert int(flag(train["train mse seed 0"], "--epochs")) > int(flag(train["train perceptual seed 0"], "--epochs"))
+    assert {flag(s, "--batch-size") for s in fits if "perceptual" in s["name"]} == {"16"}
+    assert [s["name"] for s in steps if s["kind"] == "ensemble"] == ["ensembles mse bezier"]
+    overridden = run_study.plan(run_study.resolve_settings(run_study.parse_args(["--epochs", "3", "--batch-size", "8"])),
+                                Path("study"), "random")
+    assert {flag(s, "--epochs") for s in overridden if s["kind"] == "train"} == {"3"}
+    assert {flag(s, "--batch-size") for s in overridden if s["kind"] in ("train", "fit")} == {"8"}
