@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--b", required=True, help="endpoint checkpoint at t=1, trained with the same loss and architecture")
     p.add_argument("--curve", default="bezier", choices=curves.CURVES)
     p.add_argument("--num-bends", type=cli.at_least_two, default=3, help="bends including both endpoints")
-    p.add_argument("--epochs", type=cli.positive_int, default=10)
+    p.add_argument("--epochs", type=cli.positive_int, default=20, help="the curve has more to learn than an endpoint: twice train_ae.py's default")
     p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate of the free bends (the schedule's base rate)")
     training.add_schedule_arg(p)
     p.add_argument("--wd", type=cli.nonnegative_float, default=0.0, help="L2 weight decay on the free bends")
