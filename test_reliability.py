@@ -219,9 +219,9 @@ def test_every_output_is_renamed_into_place(reference, fitted, tmp_path, monkeyp
     replaced = recording_replace(monkeypatch)
     result = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--save-t", "0.5", "--out", str(tmp_path / "e" / "c.eval.json")])
     written = plot.main([str(tmp_path / "e" / "c.eval.json"), "--out", str(tmp_path / "fig")])
-    assert len(result["files"]["points"]) == 1 and len(written) == 3
+    assert len(result["files"]["points"]) == 1 and len(written) == 4
     outputs = [p.resolve() for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(outputs) >= 8  # json, npz, 2 grids, 1 point; 3 figures
+    assert len(outputs) >= 9  # json, npz, 2 grids, 1 point; 4 figures
     assert set(outputs) <= set(replaced)
     assert not list(tmp_path.rglob("*.tmp"))
 
