@@ -210,3 +210,16 @@ def test_resume_with_other_epochs_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "save_resume", real_save)
     with pytest.raises(UserError, match="different settings.*epochs"):
         train_ae.main([*tiny_args(tmp_path, **{"--epochs": 5}), "--out", out, "--resume"])
+
+
+def test_divergence_advice_names_the_base_rate_not_the_scheduled_one():
+    model = ae.AutoEncoder(latent_dim=4, width=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
+
+    def nan_loss(recon, target):
+        return ae.mse(recon, target) * float("nan")
+
+    with pytest.raises(UserError, match=r"the learning rate 0.5 is too high .* with --lr 0.05$"):
+        training.train_epoch(model, torch.zeros(8, 3, 64, 64, dtype=torch.uint8), nan_loss, optimizer, batch_size=4,
+                             generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), epoch=0,
+                             lr_at=lambda step: 0.005)  # late in a schedule: the current rate is 1% of --lr

@@ -84,7 +84,7 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
         loss = loss_fn(model(x, **kwargs), x)
         value = loss.item()
         if not math.isfinite(value):
-            lr = optimizer.param_groups[0]["lr"]
+            lr = optimizer.defaults["lr"]  # the base rate (--lr); a schedule may have lowered the current one
             # not "--resume with a lower --lr": load_resume refuses a changed lr, so the advice is to start over
             raise UserError(f"training diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}; the learning "
                             f"rate {lr:g} is too high for this data: rerun without --resume and with --lr {lr / 10:g}")
