@@ -259,7 +259,7 @@ def evidence(evals: list[dict], study: dict) -> str:
 def checks(evals: list[dict]) -> str:
     """Whether the numbers can be trusted: did every fit converge, and do the curves dip below both
     endpoints near the ends (a sign that the endpoints themselves are under-trained)?"""
-    pairs = [{**pair_numbers(e), "pair": f"{e['loss']} {pair_numbers(e)['pair']}"} for e in evals]  # named with their group
+    pairs = [{**p, "pair": f"{e['loss']} {p['pair']}"} for e, p in zip(evals, map(pair_numbers, evals))]  # named with their group
     known = [p for p in pairs if p["converged"] is not None]
     stalled = [p for p in known if not p["converged"]]
     if not known:
