@@ -23,8 +23,7 @@ import cli
 import curves
 import data
 import training
-import fit_curve
-from fit_curve import CURVE_DIR
+from fit_curve import CURVE_DIR, convergence
 from files import UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
 
 EVAL_FORMAT = "aemc-eval-v1"
@@ -166,7 +165,7 @@ def fit_record(ckpt: dict) -> dict | None:
         return None
     config = ckpt["config"]
     return {"epochs": config.get("epochs"), "schedule": config.get("schedule", "constant"), "lr": config.get("lr"),
-            "history": history, **fit_curve.convergence(history)}
+            "history": history, **convergence(history)}
 
 
 def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,

@@ -111,11 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
                "epochs": args.epochs, "schedule": args.schedule, "history": history}
     if args.loss == "perceptual":
         metrics["test_perceptual"] = final_test["loss"]
-    config = run_config
     # the checkpoint is written last: its presence means the run (and its JSON and PNG) is complete
     save_reconstructions(out.with_suffix(".png"), model, test_images, device)
-    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": config, **metrics})
-    save_ae(out, model, config, {**metrics, "history": training.without_timing(history)})
+    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": run_config, **metrics})
+    save_ae(out, model, run_config, {**metrics, "history": training.without_timing(history)})
     resume_file.unlink(missing_ok=True)
     print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}: test {args.loss} {final_test['loss']:.5f}, "
           f"test mse {final_test['mse']:.5f}, test psnr {final_test['psnr']:.2f} dB")

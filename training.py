@@ -45,11 +45,10 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return math.ceil(n_images / batch_size)
 
 
-def epoch_rates(schedule: str, base_lr: float, epoch: int, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
-    """The rate of each step of `epoch` (0-based), as train_epoch's `lr_at`: a function of the step's
-    global index alone, so a resumed run follows the schedule exactly where it left off."""
-    total = steps_per_epoch * epochs
-    return lambda step: base_lr * lr_factor(schedule, epoch * steps_per_epoch + step, total)
+def epoch_rates(schedule: str, base_lr: float, epoch: int, per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """The rate of each step of `epoch` (0-based, `per_epoch` steps each), as train_epoch's `lr_at`: a
+    function of the step's global index alone, so a resumed run follows the schedule exactly."""
+    return lambda step: base_lr * lr_factor(schedule, epoch * per_epoch + step, per_epoch * epochs)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
