@@ -68,9 +68,16 @@ def build_model(config: dict) -> AutoEncoder:
     return AutoEncoder(latent_dim=int(config["latent_dim"]), width=int(config["width"]))
 
 
+def mean_square(diff: torch.Tensor) -> torch.Tensor:
+    """The mean of diff**2 over every dimension but the first (one value per image). Written as a
+    sum over dims, then a division: on CPU its backward is 3.5x faster than flatten(1).mean(1),
+    which copies channels_last tensors, or pow(2).mean (bench.py measures it)."""
+    return diff.square().sum(dim=tuple(range(1, diff.dim()))) / diff[0].numel()
+
+
 def mse(recon: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean squared error over pixels; reduction 'none' gives one value per image."""
-    per_image = (recon - target).pow(2).flatten(1).mean(1)
+    per_image = mean_square(recon - target)
     return per_image if reduction == "none" else per_image.mean()
 
 
@@ -80,7 +87,7 @@ def psnr(mse_value: float) -> float:
 
 
 # VGG16 `features` indices of the ReLUs whose outputs the perceptual loss compares.
-VGG_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
+VGG_LAYERS = {"relu1_1": 1, "relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
 VGG_DEFAULT_LAYERS = ("relu1_2", "relu2_2", "relu3_3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -176,7 +183,8 @@ class PerceptualLoss(nn.Module):
         if target_features is None:
             with torch.no_grad():
                 target_features = self.features(target)
-        per_image = sum((a - b).pow(2).flatten(1).mean(1) for a, b in zip(self.features(recon), target_features))
+        # the distance in fp32 even when the features came from a bf16 autocast
+        per_image = sum(mean_square(a.float() - b.float()) for a, b in zip(self.features(recon), target_features))
         per_image = per_image / len(target_features)
         return per_image if reduction == "none" else per_image.mean()
 
