@@ -90,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-images", type=cli.positive_int, default=2000, help="test images every ensemble is scored on")
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
+    training.add_precision_arg(p)
     data.add_data_args(p, inherit=True)
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help="output folder (default: runs/ensembles/<curve>)")
@@ -114,13 +115,9 @@ def sse_lr(i: int, cycle: int, lr1: float) -> float:
     return lr1 / 2 * (1 + math.cos(math.pi * ((i - 1) % cycle) / cycle))
 
 
-class _Done(Exception):
-    """Raised before the step after the last one, to end training mid-epoch."""
-
-
 def train_steps(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, steps: int, lr_at: Callable[[int], float],
                 collect_at: Callable[[int], bool], on_collect: Callable[[int, nn.Module], None], batch_size: int, seed: int,
-                first_epoch: int, device: torch.device, desc: str) -> list[float]:
+                first_epoch: int, device: torch.device, desc: str, precision: str = "fp32") -> list[float]:
     """Train `model` with Adam for `steps` iterations, iteration i (1-based) at rate lr_at(i), calling
     on_collect(i, model) right after every iteration i with collect_at(i). Epoch e draws its data
     order from training.epoch_generator(seed, first_epoch + e). Returns the rate of every iteration."""
@@ -129,8 +126,6 @@ def train_steps(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, st
 
     def before_step(_: int) -> None:
         i = len(rates) + 1  # the iteration about to run; the weights are those after iteration i - 1
-        if i > steps:
-            raise _Done
         if i > 1 and collect_at(i - 1):
             on_collect(i - 1, model)
             model.train()
@@ -140,12 +135,9 @@ def train_steps(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, st
 
     per_epoch = math.ceil(len(images) / batch_size)
     for e in range(math.ceil(steps / per_epoch)):
-        try:
-            training.train_epoch(model, images, loss_fn, optimizer, batch_size=batch_size, device=device, desc=desc,
-                                 generator=training.epoch_generator(seed, first_epoch + e), epoch=first_epoch + e,
-                                 before_step=before_step)
-        except _Done:
-            break
+        training.train_epoch(model, images, loss_fn, optimizer, batch_size=batch_size, device=device, desc=desc,
+                             generator=training.epoch_generator(seed, first_epoch + e), epoch=first_epoch + e,
+                             before_step=before_step, max_steps=steps - len(rates), precision=precision)
     if collect_at(steps):
         on_collect(steps, model)
     return rates
@@ -439,6 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
     cycle = cycle_steps(args, per_epoch)
     steps = cycle * args.fge_cycles
     seed = args.seed if args.seed is not None else int(start_cfg.get("seed") or 0)
+    precision = training.resolve_precision(args.precision, device, config["loss"])  # of FGE, SSE and longer training; scoring is fp32
 
     # Budgets in epochs: every method counts all the training its members needed.
     start_epochs = epochs_of(start_cfg, str(fge_path))
@@ -472,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
         growth.append({**ens.add(member(copy.deepcopy(loaded[str(path)][0]), ev)).score(ev), "budget_epochs": epochs, "path": str(path)})
     methods["endpoints"] = {"label": METHODS["endpoints"], "growth": growth}
 
-    fit = {"batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "device": device}
+    fit = {"batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "precision": precision, "device": device, "precision": precision}
     start_model = start_model.to(device, memory_format=CHANNELS_LAST)
     cyclic = {"train_images": train_images, "loss_fn": loss_fn, "steps": steps, "budget": budget["fge"]["epochs"], "fit": fit, "ev": ev}
     methods["fge"] = cyclic_ensemble("fge", start_model, lr_at=lambda i: fge_lr(i, cycle, lr1, lr2),
@@ -491,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "eval_batch_size": args.eval_batch_size,
                            "fge": {"optimizer": "adam", "lr1": lr1, "lr2": lr2, "cycles": args.fge_cycles, "cycle_steps": cycle,
                                    "cycle_epochs": cycle / per_epoch, "steps": steps, "steps_per_epoch": per_epoch,
-                                   "batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs),
+                                   "batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "precision": precision,
                                    "sse": not args.no_sse, "longer_lr": start_lr}},
               "budget": budget, "fig2c": fig2c, "methods": methods, "table": table_rows(methods), "seconds": time.time() - t0}
     files = {"members_png": "members.png", "fig2c_png": "fig2c.png"}

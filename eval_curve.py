@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-t", type=cli.unit_float, nargs="+", default=[], metavar="T",
                    help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
+    training.add_precision_arg(p, default="fp32")
     data.add_data_args(p, inherit=True)
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help="evaluation JSON (default: beside the curve, <curve>.eval.json); npz and PNGs go beside it")
@@ -128,7 +129,7 @@ def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.
 
 def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, loss_fn, *, bn_images: torch.Tensor,
                   shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str,
-                  features: dict | None = None) -> dict:
+                  features: dict | None = None, precision: str = "fp32") -> dict:
     """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`."""
     features = features or {}
     out = {name: [] for name in METRICS}
@@ -140,7 +141,7 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
         curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
         for split, images in split_images.items():
             values = training.per_image_losses(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
-                                               target_features=features.get(split))
+                                               target_features=features.get(split), precision=precision)
             for name in ("loss", "mse"):
                 mean, se = training.mean_and_se(values[name])
                 out[f"{split}_{name}"].append(mean)
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     ts = np.linspace(0.0, 1.0, args.num_points).tolist()
     columns = sorted({int(round(i * (args.num_points - 1) / (args.columns - 1))) for i in range(args.columns)})
 
+    precision = training.resolve_precision(args.precision, device, config["loss"])
     t0 = time.time()
     result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
               "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"],
@@ -229,14 +231,16 @@ def main(argv: list[str] | None = None) -> dict:
               "endpoints": [e["path"] for e in config["endpoints"]],
               "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],
               "settings": {"num_points": args.num_points, "bn_images": len(bn_images), "train_images": len(split_images["train"]),
-                           "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns)},
+                           "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns),
+                           "precision": precision},
               "t": ts, "columns_t": [ts[i] for i in columns], "fit": fit_record(ckpt), "paths": {}}
     recon, features = {}, target_features(loss_fn, split_images, args.eval_batch_size, device)
     for name, path_net in (("curve", net), ("segment", segment_of(net))):
         path_net = path_net.to(device, memory_format=torch.channels_last)
         result["paths"][name], recon[name] = evaluate_path(
             path_net, ts, split_images, loss_fn, bn_images=bn_images, shown=shown, columns=columns,
-            batch_size=args.eval_batch_size, device=device, desc=f"{name} ({args.num_points} points)", features=features)
+            batch_size=args.eval_batch_size, device=device, desc=f"{name} ({args.num_points} points)", features=features,
+            precision=precision)
     result["seconds"] = time.time() - t0
 
     to_u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731

@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="perceptual group only: the VGG16 weight file the endpoints were trained with, when they used one")
     p.add_argument("--bn-images", type=cli.positive_int, default=2000,
                    help="training images used to recompute BatchNorm statistics before each evaluation")
+    training.add_precision_arg(p)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt)")
@@ -112,11 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
     net = build_curve(model_a, model_b, args.curve, args.num_bends).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.free_parameters(), lr=args.lr, weight_decay=args.wd)
+    precision = training.resolve_precision(args.precision, device, cfg_a["loss"])
     endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in ((args.a, cfg_a), (args.b, cfg_b))]
     run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
                   "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
                   "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs, "wd": args.wd, "batch_size": args.batch_size,
-                  "seed": args.seed}
+                  "seed": args.seed, "precision": precision}
 
     start, history = 0, []
     if args.resume and resume_file.exists():
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         return training.evaluate(net, test_images, t=0.5, **evaluate)["loss"]
 
     print(f"fitting a {args.curve} curve with {args.num_bends} bends between {args.a} and {args.b} "
-          f"({cfg_a['loss']} loss, {len(train_images)} train images, device {device})")
+          f"({cfg_a['loss']} loss, {len(train_images)} train images, device {device}, precision {precision})")
     if start == 0:
         history.append({"epoch": 0, "train_loss": None, "test_loss_t05": middle_test_loss(), "seconds": 0.0})
         print(f"epoch 0 (linear initialisation): test {cfg_a['loss']} at t=0.5 {history[0]['test_loss_t05']:.5f}")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
         train_loss = training.train_epoch(net, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           generator=training.epoch_generator(args.seed, epoch), device=device,
-                                          epoch=epoch, sample_t=True, desc="curve")
+                                          epoch=epoch, sample_t=True, precision=precision, desc="curve")
         mid, lr = middle_test_loss(), lr_at(per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
         print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train E_t {cfg_a['loss']} {train_loss:.5f}  "

@@ -223,3 +223,50 @@ def test_divergence_advice_names_the_base_rate_not_the_scheduled_one():
         training.train_epoch(model, torch.zeros(8, 3, 64, 64, dtype=torch.uint8), nan_loss, optimizer, batch_size=4,
                              generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), epoch=0,
                              lr_at=lambda step: 0.005)  # late in a schedule: the current rate is 1% of --lr
+
+
+# ---------------------------------------------------------------- precision
+
+def test_auto_precision_is_bf16_inside_vgg_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training, "bf16_fast", lambda device: True)
+    assert training.resolve_precision("auto", cpu, "perceptual") == "bf16-vgg"
+    assert training.resolve_precision("auto", cpu, "mse") == "fp32"  # no VGG to speed up
+    monkeypatch.setattr(training, "bf16_fast", lambda device: False)
+    assert training.resolve_precision("auto", cpu, "perceptual") == "fp32"
+    assert [training.resolve_precision(p, cpu, "mse") for p in ("fp32", "bf16-vgg", "bf16")] == ["fp32", "bf16-vgg", "bf16"]
+
+
+def test_each_precision_casts_only_what_it_names(vgg_file):
+    loss = ae.PerceptualLoss(str(vgg_file), ("relu1_2",))
+    torch.manual_seed(0)
+    model = ae.AutoEncoder(latent_dim=8, width=4)
+    x = torch.rand(4, 3, 64, 64)
+    seen = {}
+    model.encoder[0].register_forward_hook(lambda m, i, o: seen.__setitem__("autoencoder", o.dtype))
+    loss.vgg[0].register_forward_hook(lambda m, i, o: seen.__setitem__("vgg", o.dtype))
+    values = {}
+    for precision in ("fp32", "bf16-vgg", "bf16"):
+        model.zero_grad()
+        recon, values[precision] = training.forward_loss(model, x, loss, precision, torch.device("cpu"))
+        values[precision].backward()
+        assert recon.dtype == values[precision].dtype == torch.float32
+        assert all(p.grad.dtype == torch.float32 and p.dtype == torch.float32 for p in model.parameters())
+        expected = {"fp32": (torch.float32, torch.float32), "bf16-vgg": (torch.float32, torch.bfloat16), "bf16": (torch.bfloat16, torch.bfloat16)}
+        assert (seen["autoencoder"], seen["vgg"]) == expected[precision]
+    for precision in ("bf16-vgg", "bf16"):  # bf16 really ran (not equal) and is close (3 significant bits lost, not more)
+        assert values[precision].item() != values["fp32"].item()
+        assert values[precision].item() == pytest.approx(values["fp32"].item(), rel=0.03)
+
+
+def test_bf16_training_is_deterministic_and_recorded(tmp_path, vgg_file):
+    runs = {}
+    for name, precision in (("a", "bf16-vgg"), ("b", "bf16-vgg"), ("c", "fp32")):
+        out = tmp_path / f"{name}.pt"
+        train_ae.main(["--loss", "perceptual", "--vgg-weights", str(vgg_file), "--vgg-layers", "relu1_2", "--precision", precision,
+                       "--out", str(out), *tiny_args(tmp_path, **{"--synthetic-size": 32, "--n-test": 16})])
+        runs[name] = load_ae(out)
+    assert runs["a"][1]["config"]["precision"] == "bf16-vgg" and runs["c"][1]["config"]["precision"] == "fp32"
+    a, b, c = (runs[k][0].state_dict() for k in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())

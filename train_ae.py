@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="VGG16 weights for --loss perceptual: imagenet (torchvision cache or download), random (seeded, offline only), or a .pth file")
     p.add_argument("--vgg-layers", nargs="+", default=list(ae.VGG_DEFAULT_LAYERS), choices=list(ae.VGG_LAYERS), metavar="LAYER",
                    help=f"VGG16 feature maps the perceptual loss compares, from {', '.join(ae.VGG_LAYERS)}")
+    training.add_precision_arg(p)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{loss}_s{seed}.pt); .json and .png are written beside it")
@@ -74,8 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    precision = training.resolve_precision(args.precision, device, args.loss)
     run_config = {"model": ae.model_config(model), "loss": args.loss, "seed": args.seed, "data": data_cfg,
                   "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs,
+                  "precision": precision,
                   "vgg_weights": loss_fn.weights_name if args.loss == "perceptual" else None,
                   "vgg_layers": list(args.vgg_layers) if args.loss == "perceptual" else None}
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.resume:
         print(f"no {resume_file} to resume from; starting from scratch")
     print(f"training {args.loss} autoencoder, seed {args.seed}: {len(train_images)} train / {len(test_images)} test images, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}"
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, precision {precision}"
           + (f", VGG16 weights: {run_config['vgg_weights']}, layers {', '.join(args.vgg_layers)}" if args.loss == "perceptual" else ""))
     evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
     per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
         train_loss = training.train_epoch(model, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
+                                          precision=precision,
                                           generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch)
         test = training.evaluate(model, test_images, **evaluate)
         lr = lr_at(per_epoch - 1)

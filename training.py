@@ -18,6 +18,7 @@ from files import CheckpointError, UserError, load_checkpoint, plain_equal, save
 
 RESUME_FORMAT = "aemc-resume-v1"
 SCHEDULES = ("ref", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16-vgg", "bf16")
 
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
@@ -41,6 +42,45 @@ def add_schedule_arg(parser: argparse.ArgumentParser) -> None:
                              "50%% of the steps, then linear down to 1%% of it at 90%%, then 1%%), cosine (down to 0), or constant")
 
 
+def bf16_fast(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # torch.cpu's checks are private: missing ones count as no
+        return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device, loss: str) -> str:
+    """`auto` is bf16 for the perceptual loss's VGG where the device computes bf16 natively (its
+    accuracy cost was measured below the spread between seeds, see README), fp32 otherwise."""
+    if precision != "auto":
+        return precision
+    return "bf16-vgg" if loss == "perceptual" and bf16_fast(device) else "fp32"
+
+
+def add_precision_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument("--precision", default=default, choices=PRECISIONS,
+                        help="arithmetic of the forward pass (weights and optimiser stay fp32): fp32; bf16-vgg (autocast to bfloat16 "
+                             "inside the perceptual loss's VGG only); bf16 (the whole forward pass); auto (bf16-vgg for the perceptual "
+                             "loss where the GPU or CPU has native bf16, else fp32)")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on `device` when enabled (a no-op context otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def forward_loss(model: nn.Module, x: torch.Tensor, loss_fn: Callable, precision: str, device: torch.device,
+                 model_kwargs: dict | None = None, **loss_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reconstruction of `x` and its loss at `precision` (see add_precision_arg), both in fp32."""
+    with autocast(device, precision == "bf16"):
+        recon = model(x, **(model_kwargs or {})).float()
+    with autocast(device, precision in ("bf16", "bf16-vgg")):
+        loss = loss_fn(recon, x, **loss_kwargs)
+    return recon, loss.float()
+
+
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return math.ceil(n_images / batch_size)
 
@@ -60,27 +100,33 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
                 batch_size: int, generator: torch.Generator, device: torch.device, epoch: int,
                 sample_t: bool = False, before_step: Callable[[int], None] | None = None,
-                lr_at: Callable[[int], float] | None = None, memory_format=torch.channels_last,
-                desc: str = "train") -> float:
-    """One pass over `images` in the generator's order; returns the mean training loss.
+                lr_at: Callable[[int], float] | None = None, max_steps: int | None = None, precision: str = "fp32",
+                memory_format=torch.channels_last, desc: str = "train") -> float:
+    """One pass over `images` in the generator's order (or its first `max_steps` batches); returns
+    the mean training loss.
 
     `lr_at(step)` sets the rate of every parameter group before each step (see `epoch_rates`).
     With `sample_t`, the model is a CurveNet and one t ~ U(0,1) is drawn per batch (the paper's
-    stochastic estimate of E_t L(phi(t))). A non-finite loss raises a UserError naming the step.
+    stochastic estimate of E_t L(phi(t))). `precision` is resolved (no 'auto'; see
+    resolve_precision). A non-finite loss raises a UserError naming the step.
     """
     model.train()
     total, count = 0.0, 0
     steps = steps_per_epoch(len(images), batch_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
     bar = tqdm(batches(images, batch_size, shuffle=True, generator=generator, device=device, memory_format=memory_format),
                total=steps, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=None, dynamic_ncols=True)
     for step, x in enumerate(bar):
+        if step == steps:
+            break
         if before_step is not None:
             before_step(step)
         if lr_at is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
         kwargs = {"t": torch.rand((), generator=generator).item()} if sample_t else {}
-        loss = loss_fn(model(x, **kwargs), x)
+        _, loss = forward_loss(model, x, loss_fn, precision, device, kwargs)
         value = loss.item()
         if not math.isfinite(value):
             lr = optimizer.defaults["lr"]  # the base rate (--lr); a schedule may have lowered the current one
@@ -106,7 +152,7 @@ def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
 @torch.inference_mode()
 def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, batch_size: int, device: torch.device,
                      t: float | None = None, memory_format=torch.channels_last,
-                     target_features: list | None = None) -> dict[str, torch.Tensor]:
+                     target_features: list | None = None, precision: str = "fp32") -> dict[str, torch.Tensor]:
     """Per-image training loss and MSE of `model` (in eval mode) on `images`. `target_features`
     (one entry per batch, from `ae.PerceptualLoss.features`) spares recomputing VGG features of
     the same targets at every t."""
@@ -115,11 +161,13 @@ def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable, 
     kwargs = {} if t is None else {"t": t}
     loss, sq = [], []
     for i, x in enumerate(batches(images, batch_size, device=device, memory_format=memory_format)):
-        recon = model(x, **kwargs)
-        sq.append(ae.mse(recon, x, reduction="none").cpu())
-        if loss_fn is not ae.mse:
+        if loss_fn is ae.mse:
+            recon, _ = forward_loss(model, x, ae.mse, precision, device, kwargs)
+        else:
             extra = {} if target_features is None else {"target_features": target_features[i]}
-            loss.append(loss_fn(recon, x, reduction="none", **extra).cpu())
+            recon, value = forward_loss(model, x, loss_fn, precision, device, kwargs, reduction="none", **extra)
+            loss.append(value.cpu())
+        sq.append(ae.mse(recon, x, reduction="none").cpu())
     model.train(was_training)
     sq = torch.cat(sq)
     return {"loss": torch.cat(loss) if loss else sq, "mse": sq}
