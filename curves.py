@@ -38,6 +38,12 @@ class Bezier:
         t, n = check_t(t), self.num_bends - 1
         return [math.comb(n, j) * t**j * (1 - t) ** (n - j) for j in range(n + 1)]
 
+    def derivative(self, t: float) -> list[float]:
+        """dc_j/dt = (k-1) (b_{j-1}(t) - b_j(t)), with b the Bezier coefficients of one degree less."""
+        t, n = check_t(t), self.num_bends - 1
+        lower = Bezier(n)(t) if n > 1 else [1.0]
+        return [n * ((lower[j - 1] if j > 0 else 0.0) - (lower[j] if j < n else 0.0)) for j in range(n + 1)]
+
 
 class PolyChain:
     """Piecewise-linear coefficients through the bends, placed at t = j / (k-1)."""
@@ -52,6 +58,13 @@ class PolyChain:
         i = min(int(s), self.num_bends - 2)
         coeffs = [0.0] * self.num_bends
         coeffs[i], coeffs[i + 1] = 1.0 - (s - i), s - i
+        return coeffs
+
+    def derivative(self, t: float) -> list[float]:
+        """dc_j/dt on the piece that holds t (the later piece at a bend, as __call__ chooses)."""
+        i = min(int(check_t(t) * (self.num_bends - 1)), self.num_bends - 2)
+        coeffs = [0.0] * self.num_bends
+        coeffs[i], coeffs[i + 1] = -(self.num_bends - 1.0), self.num_bends - 1.0
         return coeffs
 
 
@@ -236,6 +249,16 @@ class CurveNet(nn.Module):
         state = self.state_dict_at(t)
         return torch.cat([state[name].reshape(-1) for name, _ in self.template.named_parameters()])
 
+    def speed(self, ts: list[float]) -> torch.Tensor:
+        """||phi'(t)|| at each t, in closed form: phi'(t) = sum_j c_j'(t) w_j, so its squared norm is
+        c'(t)^T G c'(t) with G the Gram matrix of the bends (parameters only, float64)."""
+        with torch.no_grad():
+            bends = [torch.cat([getattr(layer, f"{name}_{j}").detach().reshape(-1).double() for _, layer in self.layers
+                                for name in layer.param_names]) for j in range(self.num_bends)]
+            gram = torch.stack([torch.stack([a @ b for b in bends]) for a in bends]).cpu()
+            d = torch.tensor([self.curve.derivative(t) for t in ts], dtype=torch.float64)
+            return torch.einsum("ti,ij,tj->t", d, gram, d).clamp_min(0).sqrt()
+
     def state_dict_at(self, t: float) -> dict[str, torch.Tensor]:
         """A plain model's state dict: the parameters at t, and the current BatchNorm buffers."""
         coeffs = self.curve(t)
@@ -254,6 +277,32 @@ class CurveNet(nn.Module):
         model.load_state_dict(self.state_dict_at(t))
         device = next(self.parameters()).device
         return model.to(device).train(self.training)
+
+
+class ArcLengthSampler:
+    """Maps u ~ U(0,1) to t with density proportional to ||phi'(t)|| (the arc-length, or "fair",
+    objective), by the inverse of the CDF tabulated on `points` values of t. `refresh()` retabulates
+    from the bends as they are now; until the first refresh, t = u."""
+
+    def __init__(self, net: CurveNet, points: int = 201):
+        self.net, self.grid = net, torch.linspace(0, 1, points, dtype=torch.float64)
+        self.cdf = self.grid.clone()
+
+    def refresh(self) -> None:
+        speed = self.net.speed(self.grid.tolist())
+        pieces = 0.5 * (speed[1:] + speed[:-1]) * self.grid.diff()  # trapezoids: the length of each piece
+        total = pieces.sum()
+        if total > 0:
+            self.cdf = torch.cat([torch.zeros(1, dtype=torch.float64), pieces.cumsum(0) / total])
+        else:  # all bends equal: no length to follow
+            self.cdf = self.grid.clone()
+
+    def __call__(self, u: float) -> float:
+        """The t whose CDF value is u (linear between table points)."""
+        i = int(torch.searchsorted(self.cdf, torch.tensor([u], dtype=torch.float64), right=True).clamp(1, len(self.cdf) - 1))
+        lo, hi = self.cdf[i - 1].item(), self.cdf[i].item()
+        w = (u - lo) / (hi - lo) if hi > lo else 0.0
+        return float(self.grid[i - 1] + w * (self.grid[i] - self.grid[i - 1]))
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:

@@ -1,7 +1,8 @@
 """Fit a curve between two endpoints: `python fit_curve.py --a ckpt1 --b ckpt2 --curve bezier`.
 
 The endpoints stay fixed; the middle bends start on the straight segment and are trained to
-minimise E_{t~U(0,1)} L(phi(t)), one t drawn per batch (Garipov et al. 2018). The loss, model
+minimise E_{t~U(0,1)} L(phi(t)), one t drawn per batch (Garipov et al. 2018); `--objective
+arclength` draws t with density proportional to ||phi'(t)|| instead. The loss, model
 and data come from the endpoints' checkpoints. Writes a curve checkpoint (all bends, the curve
 type, both endpoints' paths, hashes and configs) atomically; `--resume` continues a fit.
 """
@@ -21,6 +22,7 @@ import training
 from files import CURVE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, save_checkpoint
 
 CURVE_DIR = Path("runs/curves")
+OBJECTIVES = ("uniform", "arclength")
 CONVERGED_DROP = 0.05  # a fit whose test loss at t=0.5 still fell by more than this over its last quarter is not converged
 
 
@@ -33,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=cli.positive_int, default=20, help="the curve has more to learn than an endpoint: twice train_ae.py's default")
     p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate of the free bends (the schedule's base rate)")
     training.add_schedule_arg(p)
+    p.add_argument("--objective", default="uniform", choices=OBJECTIVES,
+                   help="how t is drawn per batch: uniform (the paper's E_{t~U(0,1)} L) or arclength (density proportional to "
+                        "||phi'(t)||, the loss averaged over the curve's length)")
+    p.add_argument("--arclength-every", type=cli.positive_int, default=50,
+                   help="--objective arclength: retabulate ||phi'(t)|| from the bends every N steps (and at every epoch's start)")
     p.add_argument("--wd", type=cli.nonnegative_float, default=0.0, help="L2 weight decay on the free bends")
     p.add_argument("--batch-size", type=cli.positive_int, default=128)
     p.add_argument("--seed", type=int, default=0, help="fixes the data order and the t drawn per batch")
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
                   "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
                   "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs, "wd": args.wd, "batch_size": args.batch_size,
-                  "seed": args.seed, "precision": precision}
+                  "seed": args.seed, "precision": precision, "objective": args.objective,
+                  "arclength_every": args.arclength_every if args.objective == "arclength" else None}
 
     start, history = 0, []
     if args.resume and resume_file.exists():
@@ -131,17 +139,24 @@ def main(argv: list[str] | None = None) -> dict:
         return training.evaluate(net, test_images, t=0.5, **evaluate)["loss"]
 
     print(f"fitting a {args.curve} curve with {args.num_bends} bends between {args.a} and {args.b} "
-          f"({cfg_a['loss']} loss, {len(train_images)} train images, device {device}, precision {precision})")
+          f"({cfg_a['loss']} loss, {args.objective} objective, {len(train_images)} train images, device {device}, precision {precision})")
     if start == 0:
         history.append({"epoch": 0, "train_loss": None, "test_loss_t05": middle_test_loss(), "seconds": 0.0})
         print(f"epoch 0 (linear initialisation): test {cfg_a['loss']} at t=0.5 {history[0]['test_loss_t05']:.5f}")
     per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
+    sampler = curves.ArcLengthSampler(net) if args.objective == "arclength" else None
+
+    def refresh(step: int) -> None:  # a function of the step within the epoch: a resumed fit retabulates exactly as one run
+        if sampler is not None and step % args.arclength_every == 0:
+            sampler.refresh()
+
     for epoch in range(start, args.epochs):
         t0 = time.time()
         lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
         train_loss = training.train_epoch(net, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           generator=training.epoch_generator(args.seed, epoch), device=device,
-                                          epoch=epoch, sample_t=True, precision=precision, desc="curve")
+                                          epoch=epoch, sample_t=True, t_of=sampler, before_step=refresh,
+                                          precision=precision, desc="curve")
         mid, lr = middle_test_loss(), lr_at(per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
         print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train E_t {cfg_a['loss']} {train_loss:.5f}  "

@@ -149,3 +149,37 @@ def test_eval_refuses_a_curve_whose_endpoint_changed(fitted, endpoints, tmp_path
     with pytest.raises(UserError, match="changed since"):
         eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS])
     assert not curve.with_name("c.eval.json").exists()
+
+
+def test_arclength_fit_is_recorded_follows_its_sampler_and_resumes_exactly(endpoints, tmp_path, monkeypatch):
+    flags = ["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--epochs", "2", "--lr", "3e-3", "--batch-size", "16",
+             "--bn-images", "40"]
+    arc = [*flags, "--objective", "arclength", "--arclength-every", "3"]
+    drawn, real_sampler = [], curves.ArcLengthSampler.__call__
+
+    def spy(self, u):
+        drawn.append((u, real_sampler(self, u)))
+        return drawn[-1][1]
+
+    monkeypatch.setattr(curves.ArcLengthSampler, "__call__", spy)
+    fit_curve.main([*arc, "--out", str(tmp_path / "whole.pt")])
+    assert len(drawn) == 2 * 4 and any(abs(u - t) > 1e-4 for u, t in drawn)  # one t per step, not u itself once the curve bends
+    _, ckpt = load_curve(tmp_path / "whole.pt")
+    assert ckpt["config"]["objective"] == "arclength" and ckpt["config"]["arclength_every"] == 3
+    fit_curve.main([*flags, "--out", str(tmp_path / "uniform.pt")])
+    assert load_curve(tmp_path / "uniform.pt")[1]["config"]["objective"] == "uniform"
+    middle = lambda path: torch.cat([v.reshape(-1) for k, v in load_curve(path)[0].state_dict().items() if k.endswith("_1")])  # noqa: E731
+    assert not torch.equal(middle(tmp_path / "whole.pt"), middle(tmp_path / "uniform.pt"))
+
+    real_save = training.save_resume
+
+    def stop_after_epoch_1(path, model, optimizer, epoch, *args):
+        real_save(path, model, optimizer, epoch, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_resume", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        fit_curve.main([*arc, "--out", str(tmp_path / "split.pt")])
+    monkeypatch.setattr(training, "save_resume", real_save)
+    fit_curve.main([*arc, "--out", str(tmp_path / "split.pt"), "--resume"])
+    assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "split.pt").read_bytes()

@@ -182,3 +182,43 @@ def test_update_bn_at_t_matches_the_exported_model():
     curves.update_bn(exported, [x[:10]])
     for (name, mine), (_, theirs) in zip(net.net.named_buffers(), exported.named_buffers()):
         assert torch.allclose(mine.float(), theirs.float(), atol=1e-5), name
+
+
+# ---------------------------------------------------------------- the arc-length objective
+
+@pytest.mark.parametrize("curve,num_bends", [("bezier", 3), ("bezier", 4), ("polychain", 3), ("polychain", 4)])
+def test_speed_is_the_norm_of_the_weights_derivative(curve, num_bends):
+    net = connect(*endpoints(), curve, num_bends)
+    perturb_middle(net)
+    ts, h = [0.1, 0.3, 0.55, 0.9], 1e-3  # away from the polychain's bends, where phi' jumps
+    speed = net.speed(ts)
+    for t, v in zip(ts, speed.tolist()):
+        finite = ((net.weights(t + h).double() - net.weights(t - h).double()).norm() / (2 * h)).item()
+        assert v == pytest.approx(finite, rel=1e-3)
+    assert net.speed([0.2, 0.7]).min() > 0
+
+
+def test_arclength_sampler_is_the_identity_on_a_straight_segment():
+    net = connect(*endpoints())  # middle bend at the midpoint: constant speed
+    sampler = curves.ArcLengthSampler(net)
+    sampler.refresh()
+    assert [sampler(u) for u in (0.0, 0.13, 0.5, 0.87, 1.0)] == pytest.approx([0.0, 0.13, 0.5, 0.87, 1.0], abs=1e-9)
+
+
+def test_arclength_sampler_draws_t_with_density_proportional_to_speed():
+    net = connect(*endpoints())
+    with torch.no_grad():  # push the middle bend far out: the curve turns there, fast near its ends, slow in the middle
+        for p in net.free_parameters():
+            p.mul_(6.0)
+    sampler = curves.ArcLengthSampler(net)
+    sampler.refresh()
+    n = 4000
+    t = torch.tensor([sampler((i + 0.5) / n) for i in range(n)])
+    assert torch.all(t.diff() >= 0) and sampler(0.0) == 0.0 and sampler(1.0) == pytest.approx(1.0)
+    fine = torch.linspace(0, 1, 4001, dtype=torch.float64)
+    speed = net.speed(fine.tolist())
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), (0.5 * (speed[1:] + speed[:-1]) * fine.diff()).cumsum(0)])
+    share = lambda a, b: float((cum[round(b * 4000)] - cum[round(a * 4000)]) / cum[-1])  # noqa: E731
+    for a, b in ((0.0, 0.25), (0.25, 0.5), (0.4, 0.6), (0.75, 1.0)):
+        assert float(((t >= a) & (t < b)).double().mean()) == pytest.approx(share(a, b), abs=2e-3)
+    assert share(0.4, 0.6) < 0.2 - 0.1  # the test has teeth: far from uniform

@@ -51,7 +51,7 @@ def test_report_has_every_table_and_figure(study):
     folder, _, report = study
     text = report.read_text()
     assert report == folder / "report.md"
-    for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Ensembles", "## Answer"):
+    for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Objectives", "## Ensembles", "## Answer"):
         assert heading in text
     for loss in ("mse", "perceptual"):
         assert f"figures/fig2_{loss}_bezier.png" in text and f"figures/strip_{loss}_s0-s1-bezier.png" in text
@@ -62,7 +62,12 @@ def test_report_has_every_table_and_figure(study):
     assert "Left out" not in text  # every file of this run fits its plan and settings
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
-    assert [s["kind"] for s in record["steps"]] == ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["ensemble"] * 2 + ["plot"]
+    kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["ensemble"] * 2 + ["plot"]  # arc-length: mse only
+    assert [s["kind"] for s in record["steps"]] == kinds
+    assert "mse_s0-s1-bezier-arclength.pt" in record["steps"][8]["output"]
+    objectives = text[text.index("## Objectives"):text.index("## Ensembles")]
+    assert "| mse | seeds 0–1 | uniform |" in objectives and "| mse | seeds 0–1 | arclength |" in objectives
+    assert re.search(r"arc-length objective's curve has max test loss \d\.\d{3}× the uniform", objectives)
 
 
 def test_second_run_skips_everything(study, capsys):
@@ -120,7 +125,8 @@ def test_changed_setting_reruns_the_steps_it_touches(study, capsys):
     folder, args, _ = study
     capsys.readouterr()
     run_study.main([*args, "--num-points", "4"])
-    assert ran_steps(capsys) == ["eval mse bezier seeds 0-1", "eval perceptual bezier seeds 0-1", "plot figures"]
+    assert ran_steps(capsys) == ["eval mse bezier seeds 0-1", "eval perceptual bezier seeds 0-1",
+                                 "eval mse bezier seeds 0-1 (arc-length objective)", "plot figures"]
     assert len(json.loads((folder / "curves/mse_s0-s1-bezier.eval.json").read_text())["t"]) == 4
 
 

@@ -99,7 +99,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
                 batch_size: int, generator: torch.Generator, device: torch.device, epoch: int,
-                sample_t: bool = False, before_step: Callable[[int], None] | None = None,
+                sample_t: bool = False, t_of: Callable[[float], float] | None = None,
+                before_step: Callable[[int], None] | None = None,
                 lr_at: Callable[[int], float] | None = None, max_steps: int | None = None, precision: str = "fp32",
                 memory_format=torch.channels_last, desc: str = "train") -> float:
     """One pass over `images` in the generator's order (or its first `max_steps` batches); returns
@@ -107,7 +108,7 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
 
     `lr_at(step)` sets the rate of every parameter group before each step (see `epoch_rates`).
     With `sample_t`, the model is a CurveNet and one t ~ U(0,1) is drawn per batch (the paper's
-    stochastic estimate of E_t L(phi(t))). `precision` is resolved (no 'auto'; see
+    stochastic estimate of E_t L(phi(t))), or t = t_of(u) with u ~ U(0,1) (e.g. curves.ArcLengthSampler). `precision` is resolved (no 'auto'; see
     resolve_precision). A non-finite loss raises a UserError naming the step.
     """
     model.train()
@@ -125,7 +126,10 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
         if lr_at is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-        kwargs = {"t": torch.rand((), generator=generator).item()} if sample_t else {}
+        kwargs = {}
+        if sample_t:
+            u = torch.rand((), generator=generator).item()
+            kwargs["t"] = u if t_of is None else t_of(u)
         _, loss = forward_loss(model, x, loss_fn, precision, device, kwargs)
         value = loss.item()
         if not math.isfinite(value):
