@@ -41,18 +41,20 @@ STUDY_FORMAT = "aemc-study-v1"
 PRESETS = {
     "quick": {  # built-in synthetic faces, sized to finish on a 2-core CPU in about 6 minutes
         "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
-        "width": 16, "latent_dim": 128, "batch_size": {"mse": 32, "perceptual": 16}, "epochs": {"mse": 16, "perceptual": 2},
-        "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "num_points": 31, "bn_images": 200,
+        "width": 16, "latent_dim": 128, "batch_size": {"mse": 32, "perceptual": 16}, "epochs": {"mse": 16, "perceptual": 5},
+        "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "precision": "auto", "num_points": 31, "bn_images": 200,
         "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
+        "arclength": {"mse": True, "perceptual": False},
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
         "width": 32, "latent_dim": 128, "batch_size": 128, "epochs": 30, "lr": 1e-3,
-        "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "num_points": 61, "bn_images": 5000, "train_images": 5000,
+        "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "precision": "auto", "num_points": 61, "bn_images": 5000, "train_images": 5000,
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
+        "arclength": True,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
     },
 }
@@ -88,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--curve-lr", type=cli.positive_float, default=None, help=preset_help("curve_lr", "curve learning rate"))
     p.add_argument("--schedule", choices=training.SCHEDULES, default=None,
                    help=preset_help("schedule", "learning-rate schedule of the endpoints and the curves (see train_ae.py --help)"))
+    p.add_argument("--precision", choices=training.PRECISIONS, default=None,
+                   help=preset_help("precision", "arithmetic of training, fitting and FGE (see train_ae.py --help); evaluation is fp32"))
     p.add_argument("--vgg-weights", default=None, help=preset_help(
         "vgg_weights", "imagenet, random, or a VGG16 .pth file; quick falls back to random when imagenet cannot be had"))
     p.add_argument("--vgg-layers", nargs="+", choices=list(ae.VGG_LAYERS), default=None, metavar="LAYER",
@@ -101,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble-losses", nargs="+", choices=ae.LOSSES, default=None,
                    help=preset_help("ensemble_losses", "loss groups whose first pair gets the ensemble step"))
     p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
+    p.add_argument("--arclength", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
+        "arclength", "also fit the first pair of each group with fit_curve.py --objective arclength and evaluate it, for the "
+                     "report's comparison of the two objectives (--arclength / --no-arclength: every group)"))
     cli.add_device_arg(p)
     return p.parse_args(argv)
 
@@ -154,15 +161,17 @@ def data_flags(s: dict) -> list[str]:
     return flags
 
 
-def plan(s: dict, out: Path, vgg: str) -> list[dict]:
-    """Every step of the study in order: name, kind, the script's main, its argv, output, inputs."""
+def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[dict]:
+    """Every step of the study in order: name, kind, the script's main, its argv, output, inputs.
+    `auto` precision is resolved for the device `on` (default CPU), so a step's key names what it ran."""
     steps, evals = [], []
     device = ["--device", s["device"]]
+    precision = {loss: training.resolve_precision(s["precision"], on or torch.device("cpu"), loss) for loss in s["losses"]}
     for loss in s["losses"]:
         for seed in s["seeds"]:
             ckpt = out / "ae" / f"{loss}_s{seed}.pt"
             argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", for_group(s["batch_size"], loss),
-                    "--lr", s["lr"], "--schedule", s["schedule"], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
+                    "--lr", s["lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
                     "--vgg-layers", *s["vgg_layers"], *device, "--out", ckpt]
             steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
     for loss, curve in itertools.product(s["losses"], s["curves"]):
@@ -170,7 +179,7 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
             a, b = out / "ae" / f"{loss}_s{i}.pt", out / "ae" / f"{loss}_s{j}.pt"
             ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
             argv = ["--a", a, "--b", b, "--curve", curve, "--num-bends", s["num_bends"], "--epochs", for_group(s["curve_epochs"], loss),
-                    "--lr", s["curve_lr"], "--schedule", s["schedule"], "--batch-size", for_group(s["batch_size"], loss), "--seed", 0, "--bn-images", s["bn_images"],
+                    "--lr", s["curve_lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--batch-size", for_group(s["batch_size"], loss), "--seed", 0, "--bn-images", s["bn_images"],
                     *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", ckpt]
             steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "main": fit_curve.main, "argv": argv,
                           "output": ckpt, "inputs": [a, b]})
@@ -181,6 +190,19 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
+    for loss, curve in itertools.product(s["losses"], s["curves"]):
+        if not for_group(s["arclength"], loss):
+            continue
+        i, j = s["seeds"][:2]  # the first pair again, now drawing t along the curve's length
+        uniform = next(step for step in steps if step["output"] == out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt")
+        ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}-arclength.pt"
+        argv = [*uniform["argv"][:-2], "--objective", "arclength", "--out", ckpt]  # its argv ends with --out CKPT
+        steps.append({"name": f"fit {loss} {curve} seeds {i}-{j} (arc-length objective)", "kind": "fit", "main": fit_curve.main,
+                      "argv": argv, "output": ckpt, "inputs": uniform["inputs"]})
+        evaluation = next(step for step in evals if step["inputs"] == [uniform["output"]])
+        argv = ["--ckpt", ckpt, *evaluation["argv"][2:-2], "--out", ckpt.with_name(ckpt.stem + ".eval.json")]  # --ckpt C ... --out R
+        steps.append({"name": f"eval {loss} {curve} seeds {i}-{j} (arc-length objective)", "kind": "eval-arclength",
+                      "main": eval_curve.main, "argv": argv, "output": ckpt.with_name(ckpt.stem + ".eval.json"), "inputs": [ckpt]})
     ensemble_losses = [loss for loss in s["losses"] if loss in s["ensemble_losses"]] if s["ensembles"] else []
     for loss, curve in itertools.product(ensemble_losses, s["curves"]):
         i, j = s["seeds"][:2]  # the first pair's curve; every seed's endpoint joins the endpoint ensembles
@@ -188,7 +210,7 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
         members = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]
         folder = out / "ensembles" / f"{loss}_{curve}"
         argv = ["--ckpt", ckpt, "--endpoints", *members, "--k", s["ensemble_k"], "--points", s["ensemble_points"],
-                "--fge-cycles", s["fge_cycles"], "--cycle", s["fge_cycle"], *([] if s["sse"] else ["--no-sse"]), "--bn-images", s["bn_images"], "--test-images", s["test_images"],
+                "--fge-cycles", s["fge_cycles"], "--cycle", s["fge_cycle"], "--precision", precision[loss], *([] if s["sse"] else ["--no-sse"]), "--bn-images", s["bn_images"], "--test-images", s["test_images"],
                 *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", folder]
         steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "main": ensemble.main, "argv": argv,
                       "output": folder / "ensemble.json", "inputs": [ckpt, *members]})
@@ -241,7 +263,7 @@ def run(args: argparse.Namespace, settings: dict, device: torch.device) -> Path:
     sizes = {split: len(data.load_split(data_cfg, split)) for split in ("train", "test")}  # also fills the cache once
     ensure_dir(out)
     vgg, fallback = choose_vgg_weights(settings)
-    steps = plan(settings, out, vgg)
+    steps = plan(settings, out, vgg, device)
     record = {"format": STUDY_FORMAT, "preset": args.preset, "settings": settings, "vgg_weights": vgg, "vgg_fallback": fallback,
               "device": str(device), "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                                   "torchvision": torchvision.__version__, "numpy": np.__version__},
