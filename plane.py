@@ -6,7 +6,7 @@ w1 - w0, v along theta - w0 minus its projection on u; coordinates in units of d
 At every point w0 + x*dx*u + y*dx*v of a grid around the three points (the weights are the
 parameters; BatchNorm statistics are recomputed there) the train and test loss and MSE, with
 standard errors, on the same fixed images as eval_curve.py. Finished rows are kept in
-<out stem>.partial.json, so a rerun with the same settings continues; the JSON is written last.
+<out without .json>.partial.json, so a rerun with the same settings continues; the JSON is written last.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_data_args(p, inherit=True)
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help=f"plane JSON (default: beside the curve, <curve>.plane.json; with --points, "
-                                               f"{PLANE_DIR}/A-B-C.plane.json); finished rows wait in <out stem>.partial.json")
+                                               f"{PLANE_DIR}/A-B-C.plane.json); finished rows wait in <out without .json>.partial.json "
+                                               f"until the grid is complete")
     return p.parse_args(argv)
 
 
