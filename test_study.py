@@ -188,7 +188,7 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
         "--out", str(folder), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--seeds", "0", "1", "--width", "4",
         "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--curve-epochs", "1", "--num-points", "3", "--bn-images", "8",
         "--train-images", "4", "--test-images", "8", "--fge-cycles", "1", "--fge-cycle", "1", "--ensemble-k", "2",
-        "--ensemble-points", "3"])
+        "--ensemble-points", "3", "--plane-grid", "3"])
     n_train, n_test = parts.count(0), parts.count(2)  # the partition's train and test splits
     setup = report.read_text().split("## Endpoints")[0]
     assert "Left out" not in setup  # its evaluations fit its settings: 8 test images asked, the 3 there used
@@ -202,6 +202,8 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
     for loss in ("mse", "perceptual"):
         evaluation = json.loads((folder / f"curves/{loss}_s0-s1-bezier.eval.json").read_text())
         assert evaluation["data"]["dataset"] == "celeba" and evaluation["settings"]["test_images"] == n_test  # 8 asked, 3 there
+        plane = json.loads((folder / f"curves/{loss}_s0-s1-bezier.plane.json").read_text())
+        assert plane["data"]["dataset"] == "celeba" and plane["settings"]["grid"] == 3 and plane["settings"]["test_images"] == n_test
         ensembles = json.loads((folder / f"ensembles/{loss}_bezier/ensemble.json").read_text())
         assert "sse" in ensembles["methods"] and "sse" in {row["method"] for row in ensembles["table"]}
 
