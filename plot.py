@@ -1,4 +1,4 @@
-"""Draw evaluation files: `python plot.py [runs/curves/*.eval.json]`.
+"""Draw evaluation and plane files: `python plot.py [runs/curves/*.eval.json runs/curves/*.plane.json]`.
 
 Per loss group and curve type, the paper's Figure 2 (a) train loss and (b) test loss against t
 for every pair, curve (solid) and segment (dashed), endpoints marked; one such figure per pair
@@ -37,9 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("evals", nargs="*", help="evaluation JSON files from eval_curve.py and plane JSON files from plane.py, told apart "
                                            "by their format (default: runs/curves/*.eval.json and runs/curves/*.plane.json)")
     p.add_argument("--out", default="runs/figures", help="folder for the figures")
-    p.add_argument("--log", action="store_true", help="log scale for the loss axes")
+    p.add_argument("--log", action="store_true", help="log scale for the loss axes of Figure 2 (a plane's colour scale is always log-spaced)")
     p.add_argument("--se", action="store_true", help="shade +- one standard error of each loss (over images)")
-    p.add_argument("--format", default="png", choices=["png", "pdf"], help="file format of the loss figures and strips")
+    p.add_argument("--format", default="png", choices=["png", "pdf"], help="file format of the loss figures, strips and planes")
     return p.parse_args(argv)
 
 
