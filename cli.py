@@ -93,5 +93,6 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; finished epochs are kept (use --resume to continue)", file=sys.stderr)
+        print("interrupted; finished work is kept: rerun the same command to continue (train_ae.py and fit_curve.py "
+              "with --resume)", file=sys.stderr)
         sys.exit(130)

@@ -259,6 +259,11 @@ class CurveNet(nn.Module):
             d = torch.tensor([self.curve.derivative(t) for t in ts], dtype=torch.float64)
             return torch.einsum("ti,ij,tj->t", d, gram, d).clamp_min(0).sqrt()
 
+    def bend_weights(self, j: int) -> torch.Tensor:
+        """The flat weight vector of bend j (w_0 at t=0, ..., w_{k-1} at t=1), in the order of `weights`."""
+        bends = {f"{path}.{name}": layer.bends(name)[j] for path, layer in self.layers for name in layer.param_names}
+        return torch.cat([bends[name].detach().reshape(-1) for name, _ in self.template.named_parameters()])
+
     def state_dict_at(self, t: float) -> dict[str, torch.Tensor]:
         """A plain model's state dict: the parameters at t, and the current BatchNorm buffers."""
         coeffs = self.curve(t)

@@ -38,10 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=cli.positive_int, default=4, help="fixed test images reconstructed along each path")
     p.add_argument("--columns", type=cli.at_least_two, default=None,
                    help="values of t shown in the reconstruction grids (default: 7, or num_points if fewer)")
-    p.add_argument("--bn-images", type=cli.positive_int, default=2000, help="training images for the BatchNorm statistics at each t")
-    p.add_argument("--train-images", type=cli.positive_int, default=2000, help="training images for the train loss at each t")
-    p.add_argument("--test-images", type=cli.positive_int, default=2000, help="test images for the test loss at each t")
-    p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
+    add_subset_args(p, "each t")
     p.add_argument("--save-t", type=cli.unit_float, nargs="+", default=[], metavar="T",
                    help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
@@ -50,6 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help="evaluation JSON (default: beside the curve, <curve>.eval.json); npz and PNGs go beside it")
     return p.parse_args(argv)
+
+
+def add_subset_args(p: argparse.ArgumentParser, where: str) -> None:
+    """The fixed image subsets every evaluated network is measured on (the first images of each split)."""
+    p.add_argument("--bn-images", type=cli.positive_int, default=2000, help=f"training images for the BatchNorm statistics at {where}")
+    p.add_argument("--train-images", type=cli.positive_int, default=2000, help=f"training images for the train loss at {where}")
+    p.add_argument("--test-images", type=cli.positive_int, default=2000, help=f"test images for the test loss at {where}")
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
 
 
 def newest_curve() -> Path:
@@ -127,26 +132,37 @@ def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.
                 for split, images in split_images.items()}
 
 
+def evaluate_point(net: torch.nn.Module, split_images: dict, loss_fn, *, bn_images: torch.Tensor, batch_size: int,
+                   device: torch.device, t: float | None = None, features: dict | None = None,
+                   precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """BatchNorm statistics recomputed (for a CurveNet, at t), then the per-image loss and MSE of every
+    split: {"train_loss": tensor, "train_mse": ..., "test_loss": ..., "test_mse": ...}."""
+    curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
+    out = {}
+    for split, images in split_images.items():
+        values = training.per_image_losses(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
+                                           target_features=(features or {}).get(split), precision=precision)
+        out.update({f"{split}_{name}": values[name] for name in ("loss", "mse")})
+    return out
+
+
 def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, loss_fn, *, bn_images: torch.Tensor,
                   shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str,
                   features: dict | None = None, precision: str = "fp32") -> dict:
     """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`."""
-    features = features or {}
     out = {name: [] for name in METRICS}
     out.update({f"{name}_se": [] for name in METRICS})
     out["dl"], recon, previous = [], [], None
     per_image = {name: [] for name in METRICS}
     net.eval()
     for i, t in enumerate(tqdm(ts, desc=desc, leave=False, disable=None, dynamic_ncols=True)):
-        curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
-        for split, images in split_images.items():
-            values = training.per_image_losses(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
-                                               target_features=features.get(split), precision=precision)
-            for name in ("loss", "mse"):
-                mean, se = training.mean_and_se(values[name])
-                out[f"{split}_{name}"].append(mean)
-                out[f"{split}_{name}_se"].append(se)
-                per_image[f"{split}_{name}"].append(values[name].double().numpy())
+        values = evaluate_point(net, split_images, loss_fn, bn_images=bn_images, batch_size=batch_size, device=device, t=t,
+                                features=features, precision=precision)
+        for name, value in values.items():
+            mean, se = training.mean_and_se(value)
+            out[name].append(mean)
+            out[f"{name}_se"].append(se)
+            per_image[name].append(value.double().numpy())
         weights = net.weights(t)
         out["dl"].append(0.0 if previous is None else float((weights - previous).norm()))
         previous = weights

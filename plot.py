@@ -1,10 +1,13 @@
-"""Draw evaluation files: `python plot.py [runs/curves/*.eval.json]`.
+"""Draw evaluation and plane files: `python plot.py [runs/curves/*.eval.json runs/curves/*.plane.json]`.
 
 Per loss group and curve type, the paper's Figure 2 (a) train loss and (b) test loss against t
 for every pair, curve (solid) and segment (dashed), endpoints marked; one such figure per pair
 too; and per pair an image strip: the original test images, then their reconstructions along
 the curve and along the segment, t labelled; and per curve the fit's history (test loss at t=0.5
-per epoch, and the learning rate), marked when the fit had not converged.
+per epoch, and the learning rate), marked when the fit had not converged. Plane files of plane.py
+(told apart by their format) become the paper's Figure 1: train and test loss in the plane through
+a curve's three bends (or three endpoints), filled contours on a log-spaced scale, the points marked,
+the curve and the segment drawn.
 """
 from __future__ import annotations
 
@@ -17,38 +20,48 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import BoundaryNorm  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cli  # noqa: E402
 from files import UserError, ensure_dir, save_figure  # noqa: E402
 
 EVAL_FORMAT = "aemc-eval-v1"
+PLANE_FORMAT = "aemc-plane-v1"
+WRITERS = {EVAL_FORMAT: "eval_curve.py", PLANE_FORMAT: "plane.py"}
 LOSS_NAMES = {"mse": "MSE", "perceptual": "perceptual loss (VGG16)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
-    p.add_argument("evals", nargs="*", help="evaluation JSON files from eval_curve.py (default: runs/curves/*.eval.json)")
+    p.add_argument("evals", nargs="*", help="evaluation JSON files from eval_curve.py and plane JSON files from plane.py, told apart "
+                                           "by their format (default: runs/curves/*.eval.json and runs/curves/*.plane.json)")
     p.add_argument("--out", default="runs/figures", help="folder for the figures")
-    p.add_argument("--log", action="store_true", help="log scale for the loss axes")
+    p.add_argument("--log", action="store_true", help="log scale for the loss axes of Figure 2 (a plane's colour scale is always log-spaced)")
     p.add_argument("--se", action="store_true", help="shade +- one standard error of each loss (over images)")
-    p.add_argument("--format", default="png", choices=["png", "pdf"], help="file format of the loss figures and strips")
+    p.add_argument("--format", default="png", choices=["png", "pdf"], help="file format of the loss figures, strips and planes")
     return p.parse_args(argv)
+
+
+def read_result(path: str | Path, formats: tuple[str, ...] = tuple(WRITERS)) -> dict:
+    """Read a JSON written by eval_curve.py or plane.py whose format is one of `formats`, refusing anything else."""
+    path = Path(path)
+    scripts = " or ".join(WRITERS[f] for f in formats)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; run {scripts} first") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}; rerun {scripts}") from None
+    if not isinstance(result, dict) or result.get("format") not in formats:
+        raise UserError(f"{path} is not a file of {scripts} (format {' or '.join(formats)})")
+    result["_path"] = str(path)
+    return result
 
 
 def read_eval(path: str | Path) -> dict:
     """Read an evaluation JSON written by eval_curve.py, refusing anything else."""
-    path = Path(path)
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"evaluation file {path} does not exist; run eval_curve.py first") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read evaluation file {path}: {e}; rerun eval_curve.py") from None
-    if not isinstance(result, dict) or result.get("format") != EVAL_FORMAT:
-        raise UserError(f"{path} is not an evaluation file of eval_curve.py (format {EVAL_FORMAT})")
-    result["_path"] = str(path)
-    return result
+    return read_result(path, (EVAL_FORMAT,))
 
 
 def pair_label(result: dict) -> str:
@@ -142,12 +155,73 @@ def draw_fit(result: dict):
     return fig
 
 
+PLANE_LEVELS = 20  # filled contour levels of a plane figure
+PLANE_FLOOR = 1e-2  # the lowest level above the minimum, as a fraction of the range
+
+
+def plane_levels(values: np.ndarray) -> np.ndarray:
+    """Contour levels at the minimum plus log-spaced fractions (PLANE_FLOOR to 1) of the range, as the
+    paper's plane plots: fine near the low-loss valley, coarse on the hills."""
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    span = max(high - low, abs(low) * 1e-9, 1e-30)
+    return low + span * np.concatenate([[0.0], np.geomspace(PLANE_FLOOR, 1.0, PLANE_LEVELS)])
+
+
+def draw_plane(result: dict):
+    """Figure 1: (a) train and (b) test loss in the plane, the three points marked, the curve solid, segments dashed."""
+    x, y = np.asarray(result["x"]), np.asarray(result["y"])
+    ratio = (y[-1] - y[0]) / (x[-1] - x[0])
+    equal = ratio >= 1 / 3  # true geometry, unless the plane is too flat to see
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.4 + 4.6 * (min(ratio, 1.2) if equal else 0.6)))
+    cmap = plt.get_cmap("jet_r")  # the paper's colours: low loss red, high loss blue
+    loss_name = LOSS_NAMES.get(result["loss"], result["loss"])
+    points, curve = result["points"], result.get("curve_projection")
+    for ax, split, letter in zip(axes, ("train", "test"), "ab"):
+        values = np.asarray(result["grid"][f"{split}_loss"], dtype=float)
+        levels = plane_levels(values)
+        norm = BoundaryNorm(levels, cmap.N)
+        filled = ax.contourf(x, y, values, levels=levels, cmap=cmap, norm=norm)
+        ax.contour(x, y, values, levels=levels, colors="k", linewidths=0.3, alpha=0.35)
+        bar = fig.colorbar(filled, ax=ax, ticks=levels[::4], format="%.3g", fraction=0.046, pad=0.03)
+        bar.set_label(f"{split} {loss_name}")
+        for a, b in result["segments"]:
+            ax.plot([points[a]["x"], points[b]["x"]], [points[a]["y"], points[b]["y"]], "--", color="k", lw=1.5,
+                    label=("segments" if len(result["segments"]) > 1 else "segment") if [a, b] == result["segments"][0] else None)
+        if curve:
+            ax.plot(curve["x"], curve["y"], "-", color="k", lw=2, label=f"{result['curve']} curve")
+        for p in points:
+            ax.plot(p["x"], p["y"], "o", color="white", mec="k", ms=8, zorder=5)
+            ax.annotate(f"{p['label']}\n{p[f'{split}_loss']:.3g}", (p["x"], p["y"]), textcoords="offset points", xytext=(6, 6),
+                        fontsize=8, zorder=6, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.7, "lw": 0})
+        unit = f"units of ||{result['basis']['P1']} - {result['basis']['P0']}||"
+        ax.set_xlabel(f"x ({unit})")
+        ax.set_ylabel(f"y ({unit})")
+        if equal:
+            ax.set_aspect("equal")
+        ax.set_title(f"({letter}) {split}")
+        ax.legend(fontsize=8, loc="upper right", framealpha=0.8)
+    p0, p1 = result["basis"]["P0"], result["basis"]["P1"]
+    fig.suptitle(f"{plane_label(result)}, {result['loss']} loss: the plane through {', '.join(p['name'] for p in points)} "
+                 f"(origin {p0}, x axis towards {p1}; ||{p1} - {p0}|| = {result['basis']['dx']:.3g})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plane_label(result: dict) -> str:
+    """The plane's networks in words: seeds when known, else file names."""
+    seeds = result.get("endpoint_seeds") or []
+    if seeds and None not in seeds:
+        return f"seeds {'–'.join(str(s) for s in seeds)}" + (f" ({result['curve']} curve)" if result.get("curve") else "")
+    return " – ".join(Path(p).stem for p in result["endpoints"])
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
-    paths = args.evals or sorted(str(p) for p in Path("runs/curves").glob("*.eval.json"))
+    paths = args.evals or sorted(str(p) for pattern in ("*.eval.json", "*.plane.json") for p in Path("runs/curves").glob(pattern))
     if not paths:
-        raise UserError("no evaluation files given or found in runs/curves; run eval_curve.py first")
-    results = [read_eval(p) for p in paths]
+        raise UserError("no evaluation or plane files given or found in runs/curves; run eval_curve.py (or plane.py) first")
+    loaded = [read_result(p) for p in paths]
+    results = [r for r in loaded if r["format"] == EVAL_FORMAT]
     out = ensure_dir(args.out)
     written = []
     groups = defaultdict(list)
@@ -174,6 +248,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
             raise UserError(f"cannot read reconstructions {npz_path}: {e}; rerun eval_curve.py") from None
         fig = draw_strip(result, npz)
         written.append(save_figure(fig, out / f"strip_{stem}.{args.format}", dpi=110))
+        plt.close(fig)
+    for result in (r for r in loaded if r["format"] == PLANE_FORMAT):
+        fig = draw_plane(result)
+        written.append(save_figure(fig, out / f"plane_{Path(result['_path']).name.removesuffix('.plane.json')}.{args.format}", dpi=120))
         plt.close(fig)
     for path in written:
         print(f"wrote {path}")

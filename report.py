@@ -1,8 +1,9 @@
 """Write a study's Markdown report: `python report.py --study runs/study`.
 
 Reads only the files run_study.py left in the study folder (study.json, the endpoints' metrics
-JSONs, the curve evaluations and the figures; model code only to count parameters) and writes
-the set-up, the endpoint and curve tables, the figures, and an answer generated from the numbers.
+JSONs, the curve evaluations, the planes and the figures; model code only to count parameters) and
+writes the set-up, the endpoint and curve tables, the figures, the planes (Figure 1) in numbers,
+and an answer generated from the numbers.
 Of those files it uses the outputs of the plan in study.json, and evaluations only when they fit
 its settings and the curve checkpoint as it is now: files of earlier runs are named, not used.
 """
@@ -15,11 +16,13 @@ from collections import defaultdict
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
+
 import ae
 import cli
 import fit_curve
 from files import CURVE_FORMAT, UserError, file_sha256, load_checkpoint, write_text
-from plot import pair_label, read_eval
+from plot import PLANE_FORMAT, pair_label, plane_label, read_eval, read_result
 
 # A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.
 CURVE_EXCESS = 0.10
@@ -117,13 +120,19 @@ def same_curve(result: dict, study_dir: Path) -> bool:
     return not ckpt.is_file() or file_sha256(ckpt) == result.get("curve_sha256")
 
 
+def expected_images(study: dict) -> dict:
+    """The image counts of an evaluation under the study's settings: each setting capped by its split's size (None: unknown)."""
+    settings = study.get("settings") or {}
+    cap = lambda key, n: None if settings.get(key) is None or n is None else min(settings[key], n)  # noqa: E731
+    return {"bn_images": cap("bn_images", study.get("n_train_images")), "train_images": cap("train_images", study.get("n_train_images")),
+            "test_images": cap("test_images", study.get("n_test_images"))}
+
+
 def eval_fits(result: dict, study: dict, study_dir: Path) -> bool:
     """Whether an evaluation file is of its own curve, that curve as it is now, and the study's settings
     (number of t, and image counts: the setting, capped by the split's size)."""
-    settings, made = study.get("settings") or {}, result.get("settings") or {}
-    cap = lambda key, n: None if settings.get(key) is None or n is None else min(settings[key], n)  # noqa: E731
-    expected = {"num_points": settings.get("num_points"), "bn_images": cap("bn_images", study.get("n_train_images")),
-                "train_images": cap("train_images", study.get("n_train_images")), "test_images": cap("test_images", study.get("n_test_images"))}
+    made = result.get("settings") or {}
+    expected = {"num_points": (study.get("settings") or {}).get("num_points"), **expected_images(study)}
     return (Path(str(result.get("curve_ckpt"))).name == f"{stem(result)}.pt" and same_curve(result, study_dir)
             and all(value is None or made.get(key) == value for key, value in expected.items()))
 
@@ -508,6 +517,63 @@ def ensembles_section(ensembles: list[dict], report_dir: Path) -> str:
     return "\n".join(text)
 
 
+def load_planes(study: dict, study_dir: Path) -> list[dict]:
+    """The plane files of the study's plan that are there, of their curve as it is now and of the study's settings."""
+    planes = [read_result(p, (PLANE_FORMAT,)) for p in planned(study, study_dir, "plane", "curves/*.plane.json") if p.is_file()]
+    grid = (study.get("settings") or {}).get("plane_grid")
+    def fits(plane: dict) -> bool:
+        made = plane.get("settings") or {}
+        expected = {"grid": grid.get(plane["loss"]) if isinstance(grid, dict) else grid, **expected_images(study)}
+        return same_curve(plane, study_dir) and all(value is None or made.get(key) == value for key, value in expected.items())
+    return [p for p in planes if fits(p)]
+
+
+def plane_sentence(plane: dict, evaluation: dict | None) -> str:
+    """The plane in numbers: test loss at the three points, the segment's maximum (from the curve's evaluation),
+    and the lowest region of the grid: its minimum, how far from the curve, and how much of the grid is low-loss."""
+    points, name = plane["points"], "test_loss"
+    grid, x, y = np.asarray(plane["grid"][name]), np.asarray(plane["x"]), np.asarray(plane["y"])
+    at = ", ".join(f"{p['name'].replace('theta', 'θ')} {with_se(p[name], p.get(name + '_se'))}" for p in points)
+    text = f"Test loss at {at}."
+    if evaluation is not None:
+        seg, cur = (evaluation["paths"][path]["summary"][name] for path in ("segment", "curve"))
+        t_max = evaluation["t"][int(np.argmax(evaluation["paths"]["segment"][name]))]
+        text += (f" The straight segment between the ends peaks at {seg['max']:.4g} (t = {t_max:.2f}), the curve at {cur['max']:.4g} "
+                 f"(from the curve's evaluation at {len(evaluation['t'])} values of t).")
+    j, i = np.unravel_index(np.argmin(grid), grid.shape)
+    curve = plane.get("curve_projection")
+    near = ""
+    if curve:
+        distance = float(np.min(np.hypot(np.asarray(curve["x"]) - x[i], np.asarray(curve["y"]) - y[j])))
+        near = f", {distance:.2f} from the curve (grid spacing {x[1] - x[0]:.2f} by {y[1] - y[0]:.2f})"
+    worse = max(p[name] for p in points if p["name"] != "theta")  # the worse endpoint, as in the curves' low-loss test
+    low = int(np.sum(grid <= (1 + CURVE_EXCESS) * worse))
+    text += (f" On the {grid.shape[1]}×{grid.shape[0]} grid the lowest test loss is {grid[j, i]:.4g} at (x, y) = ({x[i]:.2f}, {y[j]:.2f}) "
+             f"in units of ||{plane['basis']['P1']} - {plane['basis']['P0']}||{near}; {low} of {grid.size} grid points "
+             f"({pct(low / grid.size)}) lie within {pct(CURVE_EXCESS)} of the worse endpoint's test loss ({worse:.4g}), and the "
+             f"highest is {grid.max():.4g}.")
+    return text
+
+
+def planes_section(planes: list[dict], evals: list[dict], study_dir: Path, report_dir: Path) -> str:
+    """Figure 1 for autoencoders: per plane of the plan, its figure and its numbers."""
+    if not planes:
+        return ""
+    text = ["## Planes (Figure 1)", "", "The loss in the plane through the three bends w0, θ, w1 of each group's first curve "
+            "(plane.py): an orthonormal basis by Gram–Schmidt of w1 − w0 and θ − w0, coordinates in units of ||w1 − w0||; at "
+            "every grid point the parameters are w0 + x·(w1 − w0) + y·||w1 − w0||·v, BatchNorm statistics are recomputed, and "
+            "the loss is measured on the same images as the curve evaluations. Points of the grid are evaluated; the "
+            "contours between them are interpolated."]
+    by_stem = {stem(e): e for e in evals}
+    for p in planes:
+        name = Path(p["_path"]).name.removesuffix(".plane.json")
+        text += ["", f"### {p['loss']} group, {plane_label(p)}", ""]
+        found = find_figure(study_dir / "figures", f"plane_{name}")
+        text += [link(found, report_dir, f"Figure 1: {p['loss']}, {plane_label(p)}"), ""] if found else []
+        text += [plane_sentence(p, by_stem.get(name))]
+    return "\n".join(text) + "\n"
+
+
 def write_report(study_dir: Path, out: Path) -> Path:
     """Build the Markdown report of `study_dir` from its files and write it atomically to `out`."""
     study_dir, out = Path(study_dir), Path(out)
@@ -520,7 +586,9 @@ def write_report(study_dir: Path, out: Path) -> Path:
     lines += [f"Generated by report.py from the files in `{study_dir}` (no model was run); the answer is in the last section.", ""]
     sections = [setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
                 fits_section(study_dir.resolve(), s["evals"], report_dir),
-                figures_section(study_dir.resolve(), s["evals"], report_dir), objectives_section(s["evals"], s["arclength"]),
+                figures_section(study_dir.resolve(), s["evals"], report_dir),
+                planes_section(load_planes(study, study_dir), s["evals"], study_dir.resolve(), report_dir),
+                objectives_section(s["evals"], s["arclength"]),
                 ensembles_section(s["ensembles"], report_dir),
                 "## Answer\n\n" + answer(s["evals"], study) + "\n"]
     return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))

@@ -1,7 +1,8 @@
 """The whole study in one command: `python run_study.py` (the quick preset, on built-in data).
 
 Trains 3 endpoints per loss group (mse, perceptual), fits a curve between every pair within each
-group, evaluates every curve and its straight segment, draws the figures and writes a report
+group, evaluates every curve and its straight segment, maps the loss in the plane of each group's
+first curve (the paper's Figure 1), draws the figures and writes a report
 that answers the question from the numbers. Each step calls the same `main()` the single
 scripts run. A step whose output exists and was made with the same settings (and the same
 upstream files) is skipped, so an interrupted study picks up where it stopped; `--force` redoes.
@@ -29,6 +30,7 @@ import data
 import ensemble
 import eval_curve
 import fit_curve
+import plane
 import plot
 import report
 import train_ae
@@ -47,6 +49,7 @@ PRESETS = {
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
         "arclength": {"mse": True, "perceptual": False},
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
@@ -56,6 +59,7 @@ PRESETS = {
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
         "arclength": True,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "plane_grid": 21,
     },
 }
 
@@ -104,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=preset_help("sse", "also fit a snapshot ensemble as a baseline (--no-sse skips it)"))
     p.add_argument("--ensemble-losses", nargs="+", choices=ae.LOSSES, default=None,
                    help=preset_help("ensemble_losses", "loss groups whose first pair gets the ensemble step"))
+    p.add_argument("--plane-grid", type=cli.at_least_two, default=None,
+                   help=preset_help("plane_grid", "grid points per side of the plane (Figure 1) of each group's first curve"))
+    p.add_argument("--no-plane", action="store_true", help="skip the plane step (plane.py: Figure 1)")
     p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
     p.add_argument("--arclength", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "arclength", "also fit the first pair of each group with fit_curve.py --objective arclength and evaluate it, for the "
@@ -121,6 +128,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             settings[key] = value
     settings["curves"] = list(curves.CURVES) if args.curve == "both" else [args.curve]
     settings.update(ensembles=not args.no_ensembles, num_bends=args.num_bends, cache_dir=args.cache_dir, download=args.download, device=args.device, preset=args.preset)
+    settings["plane"] = not args.no_plane
     if len(settings["seeds"]) < 2:
         raise UserError("a study needs at least 2 seeds per group to form a pair; pass --seeds 0 1 2")
     if len(set(settings["seeds"])) != len(settings["seeds"]):
@@ -203,6 +211,8 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
         argv = ["--ckpt", ckpt, *evaluation["argv"][2:-2], "--out", ckpt.with_name(ckpt.stem + ".eval.json")]  # --ckpt C ... --out R
         steps.append({"name": f"eval {loss} {curve} seeds {i}-{j} (arc-length objective)", "kind": "eval-arclength",
                       "main": eval_curve.main, "argv": argv, "output": ckpt.with_name(ckpt.stem + ".eval.json"), "inputs": [ckpt]})
+    planes = plane_steps(s, out, vgg)
+    steps += planes
     ensemble_losses = [loss for loss in s["losses"] if loss in s["ensemble_losses"]] if s["ensembles"] else []
     for loss, curve in itertools.product(ensemble_losses, s["curves"]):
         i, j = s["seeds"][:2]  # the first pair's curve; every seed's endpoint joins the endpoint ensembles
@@ -216,9 +226,27 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
                       "output": folder / "ensemble.json", "inputs": [ckpt, *members]})
     figures = out / "figures"
     steps.append({"name": "plot figures", "kind": "plot", "main": plot.main, "output": figures / "index.json",
-                  "argv": [*(e["output"] for e in evals), "--out", figures], "inputs": [e["output"] for e in evals]})
+                  "argv": [*(e["output"] for e in [*evals, *planes]), "--out", figures], "inputs": [e["output"] for e in [*evals, *planes]]})
     for step in steps:
         step["argv"] = [str(x) for x in step["argv"]]
+    return steps
+
+
+def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:
+    """Figure 1 for the first pair's curve of each group: the loss in the plane of its 3 bends (none with
+    --no-plane, or for curves of another number of bends, which span no plane)."""
+    if not s["plane"] or s["num_bends"] != 3:
+        return []
+    steps = []
+    for loss, curve in itertools.product(s["losses"], s["curves"]):
+        i, j = s["seeds"][:2]
+        ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
+        result = ckpt.with_name(ckpt.stem + ".plane.json")
+        argv = ["--ckpt", ckpt, "--grid", for_group(s["plane_grid"], loss), "--bn-images", s["bn_images"], "--train-images",
+                s["train_images"], "--test-images", s["test_images"], *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []),
+                "--device", s["device"], "--out", result]
+        steps.append({"name": f"plane {loss} {curve} seeds {i}-{j}", "kind": "plane", "main": plane.main, "argv": argv,
+                      "output": result, "inputs": [ckpt]})
     return steps
 
 

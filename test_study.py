@@ -21,7 +21,8 @@ from test_data import fake_celeba
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
          "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
          "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu",
-         "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3", "--ensemble-losses", "mse", "perceptual"]
+         "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3", "--ensemble-losses", "mse", "perceptual",
+         "--plane-grid", "3"]
 
 
 # Holds the study folder argv[1] locked, as a running study would, until it is killed.
@@ -51,10 +52,12 @@ def test_report_has_every_table_and_figure(study):
     folder, _, report = study
     text = report.read_text()
     assert report == folder / "report.md"
-    for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Objectives", "## Ensembles", "## Answer"):
+    for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Planes (Figure 1)", "## Objectives", "## Ensembles",
+                    "## Answer"):
         assert heading in text
     for loss in ("mse", "perceptual"):
         assert f"figures/fig2_{loss}_bezier.png" in text and f"figures/strip_{loss}_s0-s1-bezier.png" in text
+        assert f"figures/plane_{loss}_s0-s1-bezier.png" in text and re.search(r"Test loss at w0 .*, θ .*, w1 .*", text)
         assert (folder / f"figures/fig2_{loss}_bezier.png").is_file()
         assert re.search(rf"\*\*{loss} group — (yes|partly|no)", text)
     for link in re.findall(r"\]\(([^)]+\.png)\)", text):
@@ -62,8 +65,8 @@ def test_report_has_every_table_and_figure(study):
     assert "Left out" not in text  # every file of this run fits its plan and settings
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
-    kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["ensemble"] * 2 + ["plot"]  # arc-length: mse only
-    assert [s["kind"] for s in record["steps"]] == kinds
+    kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["plane"] * 2 + ["ensemble"] * 2 + ["plot"]
+    assert [s["kind"] for s in record["steps"]] == kinds  # the arc-length objective: mse only
     assert "mse_s0-s1-bezier-arclength.pt" in record["steps"][8]["output"]
     objectives = text[text.index("## Objectives"):text.index("## Ensembles")]
     assert "| mse | seeds 0–1 | uniform |" in objectives and "| mse | seeds 0–1 | arclength |" in objectives
@@ -118,7 +121,8 @@ def test_deleting_a_curve_reruns_only_it_and_what_depends_on_it(study, capsys):
     (folder / "curves/mse_s0-s1-bezier.pt").unlink()
     capsys.readouterr()
     run_study.main(args)
-    assert ran_steps(capsys) == ["fit mse bezier seeds 0-1", "eval mse bezier seeds 0-1", "ensembles mse bezier", "plot figures"]
+    assert ran_steps(capsys) == ["fit mse bezier seeds 0-1", "eval mse bezier seeds 0-1", "plane mse bezier seeds 0-1",
+                                 "ensembles mse bezier", "plot figures"]
 
 
 def test_changed_setting_reruns_the_steps_it_touches(study, capsys):
@@ -191,7 +195,7 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
         "--out", str(folder), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--seeds", "0", "1", "--width", "4",
         "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--curve-epochs", "1", "--num-points", "3", "--bn-images", "8",
         "--train-images", "4", "--test-images", "8", "--fge-cycles", "1", "--fge-cycle", "1", "--ensemble-k", "2",
-        "--ensemble-points", "3"])
+        "--ensemble-points", "3", "--plane-grid", "3"])
     n_train, n_test = parts.count(0), parts.count(2)  # the partition's train and test splits
     setup = report.read_text().split("## Endpoints")[0]
     assert "Left out" not in setup  # its evaluations fit its settings: 8 test images asked, the 3 there used
@@ -205,6 +209,8 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
     for loss in ("mse", "perceptual"):
         evaluation = json.loads((folder / f"curves/{loss}_s0-s1-bezier.eval.json").read_text())
         assert evaluation["data"]["dataset"] == "celeba" and evaluation["settings"]["test_images"] == n_test  # 8 asked, 3 there
+        plane = json.loads((folder / f"curves/{loss}_s0-s1-bezier.plane.json").read_text())
+        assert plane["data"]["dataset"] == "celeba" and plane["settings"]["grid"] == 3 and plane["settings"]["test_images"] == n_test
         ensembles = json.loads((folder / f"ensembles/{loss}_bezier/ensemble.json").read_text())
         assert "sse" in ensembles["methods"] and "sse" in {row["method"] for row in ensembles["table"]}
 
@@ -229,3 +235,20 @@ def test_quick_preset_spends_its_budget_per_group():
                                 Path("study"), "random")
     assert {flag(s, "--epochs") for s in overridden if s["kind"] == "train"} == {"3"}
     assert {flag(s, "--batch-size") for s in overridden if s["kind"] in ("train", "fit")} == {"8"}
+
+
+def test_plane_step_for_the_first_pair_of_each_group_unless_no_plane():
+    """The plane (Figure 1) of each group's first curve, its grid per group, drawn by the plot step; --no-plane drops it."""
+    settings = run_study.resolve_settings(run_study.parse_args(["--seeds", "0", "1", "2", "--curve", "both"]))
+    steps = run_study.plan(settings, Path("study"), "random")
+    planes = [s for s in steps if s["kind"] == "plane"]
+    assert [s["name"] for s in planes] == [f"plane {loss} {curve} seeds 0-1" for loss in ("mse", "perceptual")
+                                           for curve in ("bezier", "polychain")]
+    assert [s["argv"][s["argv"].index("--grid") + 1] for s in planes] == ["9", "9", "5", "5"]  # the quick preset's grids
+    plot_step = steps[-1]
+    assert all(str(s["output"]) in plot_step["argv"] and s["output"] in plot_step["inputs"] for s in planes)
+    for flags in (["--no-plane"], ["--num-bends", "4"]):  # skipped, or no plane to span
+        settings = run_study.resolve_settings(run_study.parse_args(flags))
+        assert not [s for s in run_study.plan(settings, Path("study"), "random") if s["kind"] == "plane"]
+    full = run_study.resolve_settings(run_study.parse_args(["--preset", "full", "--data-root", "x"]))
+    assert {s["argv"][s["argv"].index("--grid") + 1] for s in run_study.plan(full, Path("study"), "random") if s["kind"] == "plane"} == {"21"}
