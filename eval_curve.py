@@ -62,10 +62,7 @@ def newest_curve() -> Path:
 
 def segment_of(net: curves.CurveNet) -> curves.CurveNet:
     """The straight segment between the curve's two endpoints: the same machinery with 2 bends."""
-    segment = curves.CurveNet(net.template, "polychain", 2)
-    segment.import_endpoint(net.state_dict_at(0.0), 0)
-    segment.import_endpoint(net.state_dict_at(1.0), 1)
-    return segment
+    return curves.segment(net.template, net.state_dict_at(0.0), net.state_dict_at(1.0))
 
 
 NEAR_END = 0.25  # "near the ends": the first and last quarter of t

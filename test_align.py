@@ -1,0 +1,88 @@
+"""Tests of the permutation alignment (align.py) on tiny autoencoders."""
+import pytest
+import torch
+
+import ae
+import align
+from files import UserError, load_ae
+
+CONFIG = {"arch": "conv-ae-v1", "latent_dim": 8, "width": 4}
+
+
+def random_model(seed: int) -> ae.AutoEncoder:
+    """A tiny autoencoder whose BatchNorm affine parameters and running statistics are random too
+    (at their defaults they are the same for every channel, and a permutation could not show)."""
+    torch.manual_seed(seed)
+    model = ae.build_model(CONFIG)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1), m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+    return model
+
+
+def random_perms(seed: int) -> dict[str, torch.Tensor]:
+    """A random permutation of every group of the tiny model."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = {g: shape[axes.index(g)] for shape, axes in align.permutation_spec(CONFIG).values() for g in axes if g is not None}
+    return {g: torch.randperm(n, generator=generator) for g, n in sizes.items()}
+
+
+def outputs(state: dict, x: torch.Tensor, train: bool) -> torch.Tensor:
+    model = ae.build_model(CONFIG)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        return model.train(train)(x)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_the_aligned_b_computes_the_same_function(train):
+    a, b = random_model(0).state_dict(), random_model(1).state_dict()
+    aligned, info = align.align(a, b, CONFIG)
+    x = torch.rand(6, 3, 64, 64)
+    assert info["units_moved"] > 0  # the test would prove nothing were B left as it was
+    assert torch.allclose(outputs(aligned, x, train), outputs(b, x, train), atol=1e-5, rtol=0)
+    assert not torch.allclose(outputs(a, x, train), outputs(b, x, train), atol=1e-3, rtol=0)
+
+
+def test_a_permuted_copy_is_aligned_back_exactly():
+    a = random_model(0).state_dict()
+    b = align.apply(a, align.permutation_spec(CONFIG), random_perms(1))
+    assert not torch.equal(a["encoder.13.weight"], b["encoder.13.weight"]) and not torch.equal(a["decoder.2.running_mean"], b["decoder.2.running_mean"])
+    aligned, info = align.align(a, b, CONFIG)
+    assert all(torch.equal(aligned[k], a[k]) for k in a), [k for k in a if not torch.equal(aligned[k], a[k])]
+    assert info["distance_before"] > 1 and info["distance_after"] == 0 and info["converged"]
+
+
+def test_alignment_never_moves_b_away_from_a(endpoints):
+    pairs = [(random_model(s).state_dict(), random_model(s + 10).state_dict()) for s in range(3)]
+    pairs.append(tuple(load_ae(p)[0].state_dict() for p in endpoints))  # two trained endpoints
+    for a, b in pairs:
+        _, info = align.align(a, b, CONFIG)
+        assert info["distance_after"] < info["distance_before"] and info["converged"] and info["iterations"] >= 2
+
+
+def test_alignment_is_deterministic():
+    a, b = random_model(0).state_dict(), random_model(1).state_dict()
+    (first, info), (second, again) = align.align(a, b, CONFIG), align.align(a, b, CONFIG)
+    assert info == again and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_unknown_architecture_is_refused_naming_it():
+    state = random_model(0).state_dict()
+    with pytest.raises(UserError, match="cannot align architecture 'resnet-ae'") as error:
+        align.align(state, state, {**CONFIG, "arch": "resnet-ae"})
+    assert "\n" not in str(error.value)
+
+
+def test_the_aligned_segment_joins_a_to_the_aligned_b():
+    import fit_curve
+
+    a, b = random_model(0), random_model(1)
+    net = fit_curve.build_curve(a, b, "bezier", 3)
+    segment = align.aligned_segment(net)
+    aligned, info = align.align(a.state_dict(), b.state_dict(), CONFIG)
+    assert segment.num_bends == 2 and segment.alignment == info
+    assert torch.equal(segment.weights(0.0), net.weights(0.0))
+    params = [name for name, _ in a.named_parameters()]
+    assert torch.equal(segment.weights(1.0), torch.cat([aligned[k].reshape(-1) for k in params]))
