@@ -1,4 +1,5 @@
 """Tests of the permutation alignment (align.py) on tiny autoencoders."""
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,43 @@ def test_the_aligned_segment_joins_a_to_the_aligned_b():
     assert torch.equal(segment.weights(0.0), net.weights(0.0))
     params = [name for name, _ in a.named_parameters()]
     assert torch.equal(segment.weights(1.0), torch.cat([aligned[k].reshape(-1) for k in params]))
+
+
+# ---------------------------------------------------------------- eval_curve.py --aligned
+
+EVAL_FLAGS = ["--num_points", "5", "--columns", "3", "--bn-images", "40", "--train-images", "40", "--test-images", "12"]
+
+
+@pytest.fixture(scope="module")
+def curve(endpoints, tmp_path_factory):
+    """A Bezier curve fitted for 1 epoch between the two endpoints (not aligned)."""
+    import fit_curve
+
+    out = tmp_path_factory.mktemp("curve") / "curve.pt"
+    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--epochs", "1", "--batch-size", "16",
+                    "--bn-images", "40", "--out", str(out)])
+    return out
+
+
+def test_eval_aligned_adds_the_aligned_segment_beside_the_others(curve, tmp_path):
+    import eval_curve
+
+    plain = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--out", str(tmp_path / "plain.json")])
+    result = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--aligned", "--out", str(tmp_path / "aligned.json")])
+    assert list(plain["paths"]) == ["curve", "segment"] and "alignment" not in plain
+    assert list(result["paths"]) == ["curve", "segment", "aligned_segment"]
+    segment, aligned = result["paths"]["segment"], result["paths"]["aligned_segment"]
+    assert aligned.keys() == segment.keys() and aligned["summary"].keys() == segment["summary"].keys()
+    assert aligned["summary"]["test_loss"].keys() == segment["summary"]["test_loss"].keys()
+    for name in eval_curve.METRICS:
+        assert aligned[name][0] == segment[name][0]  # the same A at t=0
+        assert aligned[name][-1] == pytest.approx(segment[name][-1], rel=1e-4)  # B, permuted: the same function
+        assert aligned[name][2] != segment[name][2]  # but another path between them
+    assert result["paths"]["segment"] == plain["paths"]["segment"]  # the other paths as without --aligned
+    info = result["alignment"]
+    assert info["distance_after"] < info["distance_before"] and aligned["length"] == pytest.approx(info["distance_after"], rel=1e-4)
+    assert segment["length"] == pytest.approx(info["distance_before"], rel=1e-4)
+    with np.load(tmp_path / "aligned.npz") as npz:
+        assert npz["aligned_segment"].shape == npz["segment"].shape
+        assert (npz["aligned_segment"][0] == npz["segment"][0]).all()
+    assert result["files"]["aligned_segment_png"] == "aligned.aligned_segment.png" and (tmp_path / "aligned.aligned_segment.png").is_file()
