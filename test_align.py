@@ -127,3 +127,23 @@ def test_eval_aligned_adds_the_aligned_segment_beside_the_others(curve, tmp_path
         assert npz["aligned_segment"].shape == npz["segment"].shape
         assert (npz["aligned_segment"][0] == npz["segment"][0]).all()
     assert result["files"]["aligned_segment_png"] == "aligned.aligned_segment.png" and (tmp_path / "aligned.aligned_segment.png").is_file()
+
+
+# ---------------------------------------------------------------- fit_curve.py --aligned
+
+def test_fit_aligned_joins_a_to_the_aligned_b_and_records_it(endpoints, curve, tmp_path):
+    import fit_curve
+    from files import load_curve
+
+    out = tmp_path / "aligned.pt"
+    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--aligned", "--epochs", "1", "--batch-size", "16",
+                    "--bn-images", "40", "--out", str(out)])
+    net, ckpt = load_curve(out)
+    (a, _), (b, _) = load_ae(endpoints[0]), load_ae(endpoints[1])
+    aligned, info = align.align(a.state_dict(), b.state_dict(), CONFIG)
+    assert ckpt["config"]["aligned"] is True and ckpt["config"]["alignment"] == info
+    assert "aligned" not in load_curve(curve)[1]["config"] and "alignment" not in load_curve(curve)[1]["config"]  # off by default
+    params = [name for name, _ in a.named_parameters()]
+    assert torch.equal(net.weights(1.0), torch.cat([aligned[k].reshape(-1) for k in params]))
+    assert torch.equal(net.weights(0.0), torch.cat([a.state_dict()[k].reshape(-1) for k in params]))
+    assert fit_curve.default_out("x/a.pt", "b.pt", "bezier", aligned=True).name == "a-b-bezier-aligned.pt"
