@@ -105,11 +105,21 @@ def curve(endpoints, tmp_path_factory):
     return out
 
 
-def test_eval_aligned_adds_the_aligned_segment_beside_the_others(curve, tmp_path):
+@pytest.fixture(scope="module")
+def evaluated(curve):
+    """The curve evaluated without and with --aligned: (plain result, aligned result, the aligned JSON's path)."""
     import eval_curve
 
-    plain = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--out", str(tmp_path / "plain.json")])
-    result = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--aligned", "--out", str(tmp_path / "aligned.json")])
+    plain = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--out", str(curve.with_name("plain.eval.json"))])
+    result = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--aligned", "--out", str(curve.with_name("aligned.eval.json"))])
+    return plain, result, curve.with_name("aligned.eval.json")
+
+
+def test_eval_aligned_adds_the_aligned_segment_beside_the_others(evaluated):
+    import eval_curve
+
+    plain, result, path = evaluated
+    tmp_path = path.parent
     assert list(plain["paths"]) == ["curve", "segment"] and "alignment" not in plain
     assert list(result["paths"]) == ["curve", "segment", "aligned_segment"]
     segment, aligned = result["paths"]["segment"], result["paths"]["aligned_segment"]
@@ -123,10 +133,10 @@ def test_eval_aligned_adds_the_aligned_segment_beside_the_others(curve, tmp_path
     info = result["alignment"]
     assert info["distance_after"] < info["distance_before"] and aligned["length"] == pytest.approx(info["distance_after"], rel=1e-4)
     assert segment["length"] == pytest.approx(info["distance_before"], rel=1e-4)
-    with np.load(tmp_path / "aligned.npz") as npz:
+    with np.load(tmp_path / "aligned.eval.npz") as npz:
         assert npz["aligned_segment"].shape == npz["segment"].shape
         assert (npz["aligned_segment"][0] == npz["segment"][0]).all()
-    assert result["files"]["aligned_segment_png"] == "aligned.aligned_segment.png" and (tmp_path / "aligned.aligned_segment.png").is_file()
+    assert result["files"]["aligned_segment_png"] == "aligned.eval.aligned_segment.png" and (tmp_path / "aligned.eval.aligned_segment.png").is_file()
 
 
 # ---------------------------------------------------------------- fit_curve.py --aligned
@@ -147,3 +157,19 @@ def test_fit_aligned_joins_a_to_the_aligned_b_and_records_it(endpoints, curve, t
     assert torch.equal(net.weights(1.0), torch.cat([aligned[k].reshape(-1) for k in params]))
     assert torch.equal(net.weights(0.0), torch.cat([a.state_dict()[k].reshape(-1) for k in params]))
     assert fit_curve.default_out("x/a.pt", "b.pt", "bezier", aligned=True).name == "a-b-bezier-aligned.pt"
+
+
+def test_plot_draws_the_aligned_segment_dotted(evaluated, tmp_path):
+    import plot
+
+    plain, result, path = evaluated
+    for evaluation, dotted in ((plain, 0), (result, 1)):
+        fig = plot.draw_losses([evaluation], "t")
+        for ax in fig.axes:
+            lines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+            assert len(lines) == dotted and all(line.get_label().endswith("aligned segment") for line in lines)
+    written = plot.main([str(path), "--out", str(tmp_path)])
+    assert sorted(p.name for p in written) == ["fig2_mse_bezier.png", "fit_aligned.png", "pair_aligned.png", "strip_aligned.png"]
+    with np.load(path.with_name("aligned.eval.npz")) as npz:
+        fig = plot.draw_strip(result, {k: npz[k] for k in npz.files})
+    assert [ax.get_title() for ax in fig.axes] == ["original", "along the bezier curve", "along the segment", "along the aligned segment"]
