@@ -1,7 +1,8 @@
 """The whole study in one command: `python run_study.py` (the quick preset, on built-in data).
 
 Trains 3 endpoints per loss group (mse, perceptual), fits a curve between every pair within each
-group, evaluates every curve and its straight segment, draws the figures and writes a report
+group, evaluates every curve and its straight segment (and the aligned segment, align.py, where
+the `aligned` setting says so), draws the figures and writes a report
 that answers the question from the numbers. Each step calls the same `main()` the single
 scripts run. A step whose output exists and was made with the same settings (and the same
 upstream files) is skipped, so an interrupted study picks up where it stopped; `--force` redoes.
@@ -45,7 +46,7 @@ PRESETS = {
         "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "num_points": 31, "bn_images": 200,
         "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
-        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False},
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
@@ -53,7 +54,7 @@ PRESETS = {
         "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "num_points": 61, "bn_images": 5000, "train_images": 5000,
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
-        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True,
     },
 }
 
@@ -101,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble-losses", nargs="+", choices=ae.LOSSES, default=None,
                    help=preset_help("ensemble_losses", "loss groups whose first pair gets the ensemble step"))
     p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
+    p.add_argument("--aligned", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
+        "aligned", "also evaluate the aligned segment (B's units permuted to match A's, eval_curve.py --aligned); "
+                   "--aligned or --no-aligned sets it for every group"))
     cli.add_device_arg(p)
     return p.parse_args(argv)
 
@@ -176,8 +180,8 @@ def plan(s: dict, out: Path, vgg: str) -> list[dict]:
                           "output": ckpt, "inputs": [a, b]})
             result = ckpt.with_name(ckpt.stem + ".eval.json")
             argv = ["--ckpt", ckpt, "--num-points", s["num_points"], "--bn-images", s["bn_images"], "--train-images", s["train_images"],
-                    "--test-images", s["test_images"], *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []),
-                    *device, "--out", result]
+                    "--test-images", s["test_images"], *(["--aligned"] if for_group(s["aligned"], loss) else []),
+                    *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", result]
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals

@@ -60,6 +60,7 @@ def test_report_has_every_table_and_figure(study):
     for link in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (folder / link).is_file(), link
     assert "Left out" not in text  # every file of this run fits its plan and settings
+    assert "*Alignment, mse group:*" in text and "*Alignment, perceptual" not in text  # the quick preset aligns the mse group only
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
     assert [s["kind"] for s in record["steps"]] == ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["ensemble"] * 2 + ["plot"]
@@ -223,3 +224,16 @@ def test_quick_preset_spends_its_budget_per_group():
                                 Path("study"), "random")
     assert {flag(s, "--epochs") for s in overridden if s["kind"] == "train"} == {"3"}
     assert {flag(s, "--batch-size") for s in overridden if s["kind"] in ("train", "fit")} == {"8"}
+
+
+def test_the_aligned_segment_is_evaluated_per_group_as_the_preset_or_flag_says():
+    def aligned(argv):
+        steps = run_study.plan(run_study.resolve_settings(run_study.parse_args(argv)), Path("study"), "random")
+        evals = [s for s in steps if s["kind"] == "eval"]
+        assert len(evals) == 6
+        return {s["name"].split()[1] for s in evals if "--aligned" in s["argv"]}
+
+    assert aligned([]) == {"mse"}  # quick: the perceptual evaluation is the slow part
+    assert aligned(["--preset", "full", "--data-root", "celeba"]) == {"mse", "perceptual"}
+    assert aligned(["--no-aligned"]) == set() and aligned(["--aligned"]) == {"mse", "perceptual"}
+    assert aligned(["--preset", "full", "--data-root", "celeba", "--no-aligned"]) == set()
