@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training.add_precision_arg(p)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
     cli.add_device_arg(p)
-    p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt, <curve>-aligned with --aligned)")
+    p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt; <a>-<b>-<curve>-aligned.pt with --aligned)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last completed epoch")
     return p.parse_args(argv)
 
