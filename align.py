@@ -82,7 +82,8 @@ def match(a: dict, b: dict, spec: Spec, max_iterations: int) -> tuple[dict[str, 
     for passes in range(1, max_iterations + 1):
         changed = False
         for g in groups:
-            n, cost = sizes[g], torch.zeros(sizes[g], sizes[g], dtype=torch.float64)
+            n = sizes[g]
+            cost = torch.zeros(n, n, dtype=torch.float64)
             for key, (_, axes) in spec.items():
                 if key in a and g in axes:
                     axis = axes.index(g)
