@@ -310,6 +310,14 @@ class ArcLengthSampler:
         return float(self.grid[i - 1] + w * (self.grid[i] - self.grid[i - 1]))
 
 
+def segment(model: nn.Module, start: dict, end: dict) -> CurveNet:
+    """The straight segment from `start` to `end` (plain state dicts of `model`): a CurveNet with 2 bends."""
+    net = CurveNet(model, "polychain", 2)
+    net.import_endpoint(start, 0)
+    net.import_endpoint(end, 1)
+    return net
+
+
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, CurveBatchNorm2d))]
 

@@ -1,10 +1,11 @@
 """Evaluate a fitted curve against the straight segment: `python eval_curve.py --num_points 61`.
 
 For each of num_points values of t in [0, 1], on the curve and on the segment between the same
-endpoints: BatchNorm statistics recomputed at t, then train and test loss (the group's loss,
-and MSE) as mean +- standard error on fixed image subsets, and the weight-space length element.
-Writes an evaluation JSON (per-t values and per-path summaries with barrier heights), an npz of
-reconstructions of fixed test images, and PNG grids (rows = images, columns = t).
+endpoints (with --aligned also on the segment to B permuted to match A, align.py): BatchNorm
+statistics recomputed at t, then train and test loss (the group's loss, and MSE) as mean +-
+standard error on fixed image subsets, and the weight-space length element. Writes an
+evaluation JSON (per-t values and per-path summaries with barrier heights), an npz of
+reconstructions of fixed test images, and PNG grids (rows = images, columns = t), one per path.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 import ae
+import align
 import cli
 import curves
 import data
@@ -41,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_subset_args(p, "each t")
     p.add_argument("--save-t", type=cli.unit_float, nargs="+", default=[], metavar="T",
                    help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
+    p.add_argument("--aligned", action="store_true",
+                   help="also evaluate the aligned segment: from A to B with B's units permuted to match A's (weight matching, align.py)")
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
     training.add_precision_arg(p, default="fp32")
     data.add_data_args(p, inherit=True)
@@ -67,10 +71,7 @@ def newest_curve() -> Path:
 
 def segment_of(net: curves.CurveNet) -> curves.CurveNet:
     """The straight segment between the curve's two endpoints: the same machinery with 2 bends."""
-    segment = curves.CurveNet(net.template, "polychain", 2)
-    segment.import_endpoint(net.state_dict_at(0.0), 0)
-    segment.import_endpoint(net.state_dict_at(1.0), 1)
-    return segment
+    return curves.segment(net.template, net.state_dict_at(0.0), net.state_dict_at(1.0))
 
 
 NEAR_END = 0.25  # "near the ends": the first and last quarter of t
@@ -202,11 +203,12 @@ def save_grid(path: Path, recon: torch.Tensor) -> None:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['curve']} curve vs segment, {result['loss']} loss ({Path(result['curve_ckpt']).name}):")
-    print(f"{'path':8} {'metric':10} {'t=0':>9} {'t=1':>9} {'max':>9} {'mean':>9} {'integral':>9} {'barrier':>9} {'rel':>7}")
-    for path in ("curve", "segment"):
+    width = max(8, *map(len, result["paths"]))
+    print(f"{'path':{width}} {'metric':10} {'t=0':>9} {'t=1':>9} {'max':>9} {'mean':>9} {'integral':>9} {'barrier':>9} {'rel':>7}")
+    for path in result["paths"]:
         for name in ("train_loss", "test_loss"):
             s = result["paths"][path]["summary"][name]
-            print(f"{path:8} {name:10} {s['start']:9.5f} {s['end']:9.5f} {s['max']:9.5f} {s['mean']:9.5f} "
+            print(f"{path:{width}} {name:10} {s['start']:9.5f} {s['end']:9.5f} {s['max']:9.5f} {s['mean']:9.5f} "
                   f"{s['integral']:9.5f} {s['barrier']:9.5f} {100 * s['barrier_rel']:6.1f}%")
 
 
@@ -252,7 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
                            "precision": precision},
               "t": ts, "columns_t": [ts[i] for i in columns], "fit": fit_record(ckpt), "paths": {}}
     recon, features = {}, target_features(loss_fn, split_images, args.eval_batch_size, device)
-    for name, path_net in (("curve", net), ("segment", segment_of(net))):
+    paths = {"curve": net, "segment": segment_of(net)}
+    if args.aligned:
+        paths["aligned_segment"] = align.aligned_segment(net)
+        result["alignment"] = paths["aligned_segment"].alignment
+    for name, path_net in paths.items():
         path_net = path_net.to(device, memory_format=torch.channels_last)
         result["paths"][name], recon[name] = evaluate_path(
             path_net, ts, split_images, loss_fn, bn_images=bn_images, shown=shown, columns=columns,
@@ -261,17 +267,17 @@ def main(argv: list[str] | None = None) -> dict:
     result["seconds"] = time.time() - t0
 
     to_u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731
-    npz, curve_png, segment_png = (out.with_name(f"{stem}.npz"), out.with_name(f"{stem}.curve.png"), out.with_name(f"{stem}.segment.png"))
+    npz, grids = out.with_name(f"{stem}.npz"), {name: out.with_name(f"{stem}.{name}.png") for name in paths}
     atomic_write(npz, lambda f: np.savez_compressed(f, t=np.asarray(result["columns_t"]), originals=shown_u8.numpy(),
-                                                    curve=to_u8(recon["curve"]), segment=to_u8(recon["segment"])))
-    save_grid(curve_png, recon["curve"])
-    save_grid(segment_png, recon["segment"])
-    result["files"] = {"npz": npz.name, "curve_png": curve_png.name, "segment_png": segment_png.name,
+                                                    **{name: to_u8(images) for name, images in recon.items()}))
+    for name, png in grids.items():
+        save_grid(png, recon[name])
+    result["files"] = {"npz": npz.name, **{f"{name}_png": png.name for name, png in grids.items()},
                        "points": [save_point(net, t, out.with_name(f"{stem}.t{t:.3f}.pt"), config, bn_images, args.eval_batch_size,
                                              device).name for t in args.save_t]}
     write_json(out, result)  # last: its presence means the evaluation and its images are complete
     print_table(result)
-    print(f"\nwrote {out}, {npz.name}, {curve_png.name}, {segment_png.name} ({result['seconds']:.0f}s)")
+    print(f"\nwrote {out}, {npz.name}, {', '.join(png.name for png in grids.values())} ({result['seconds']:.0f}s)")
     return result
 
 

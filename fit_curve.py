@@ -5,6 +5,8 @@ minimise E_{t~U(0,1)} L(phi(t)), one t drawn per batch (Garipov et al. 2018); `-
 arclength` draws t with density proportional to ||phi'(t)|| instead. The loss, model
 and data come from the endpoints' checkpoints. Writes a curve checkpoint (all bends, the curve
 type, both endpoints' paths, hashes and configs) atomically; `--resume` continues a fit.
+`--aligned` first permutes B's units to match A's (align.py), so the curve only has to do what
+alignment cannot.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 import ae
+import align
 import cli
 import curves
 import data
@@ -31,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--a", required=True, help="endpoint checkpoint at t=0 (written by train_ae.py)")
     p.add_argument("--b", required=True, help="endpoint checkpoint at t=1, trained with the same loss and architecture")
     p.add_argument("--curve", default="bezier", choices=curves.CURVES)
+    p.add_argument("--aligned", action="store_true",
+                   help="fit the curve between A and B with B's units permuted to match A's (weight matching, align.py; "
+                        "B computes the same function); recorded in the curve's config")
     p.add_argument("--num-bends", type=cli.at_least_two, default=3, help="bends including both endpoints")
     p.add_argument("--epochs", type=cli.positive_int, default=20, help="the curve has more to learn than an endpoint: twice train_ae.py's default")
     p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate of the free bends (the schedule's base rate)")
@@ -51,13 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training.add_precision_arg(p)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
     cli.add_device_arg(p)
-    p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt)")
+    p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt; <a>-<b>-<curve>-aligned.pt with --aligned)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last completed epoch")
     return p.parse_args(argv)
 
 
-def default_out(a: str, b: str, curve: str) -> Path:
-    return CURVE_DIR / f"{Path(a).stem}-{Path(b).stem}-{curve}.pt"
+def default_out(a: str, b: str, curve: str, aligned: bool = False) -> Path:
+    return CURVE_DIR / f"{Path(a).stem}-{Path(b).stem}-{curve}{'-aligned' if aligned else ''}.pt"
 
 
 def check_compatible(config_a: dict, config_b: dict) -> None:
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=cfg_a.get("data"))
     if cfg_a.get("data") != cfg_b.get("data"):
         print("warning: the endpoints were trained on different data settings; using those of --a unless flags say otherwise")
-    out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve)
+    out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve, args.aligned)
     ensure_dir(out.parent)
     resume_file = training.resume_path(out)
     if args.resume and out.exists() and not resume_file.exists():
@@ -118,6 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
     loss_fn = ae.loss_from_config(cfg_a, args.vgg_weights)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    alignment = {}  # what the config records of it
+    if args.aligned:
+        aligned, info = align.align(model_a.state_dict(), model_b.state_dict(), cfg_a["model"])
+        model_b.load_state_dict(aligned)
+        alignment = {"aligned": True, "alignment": info}
+        print(f"aligned B to A by weight matching: ||A - B|| {info['distance_before']:.4g} -> "
+              f"{info['distance_after']:.4g} ({info['units_moved']} of {info['units']} units moved)")
     net = build_curve(model_a, model_b, args.curve, args.num_bends).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.free_parameters(), lr=args.lr, weight_decay=args.wd)
     precision = training.resolve_precision(args.precision, device, cfg_a["loss"])
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
                   "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs, "wd": args.wd, "batch_size": args.batch_size,
                   "seed": args.seed, "precision": precision, "objective": args.objective,
-                  "arclength_every": args.arclength_every if args.objective == "arclength" else None}
+                  "arclength_every": args.arclength_every if args.objective == "arclength" else None, **alignment}
 
     start, history = 0, []
     if args.resume and resume_file.exists():

@@ -1,10 +1,10 @@
 """Draw evaluation and plane files: `python plot.py [runs/curves/*.eval.json runs/curves/*.plane.json]`.
 
 Per loss group and curve type, the paper's Figure 2 (a) train loss and (b) test loss against t
-for every pair, curve (solid) and segment (dashed), endpoints marked; one such figure per pair
-too; and per pair an image strip: the original test images, then their reconstructions along
-the curve and along the segment, t labelled; and per curve the fit's history (test loss at t=0.5
-per epoch, and the learning rate), marked when the fit had not converged. Plane files of plane.py
+for every pair, curve (solid), segment (dashed) and, where evaluated, aligned segment (dotted),
+endpoints marked; one such figure per pair too; and per pair an image strip: the original test
+images, then their reconstructions along each path, t labelled; and per curve the fit's history
+(test loss at t=0.5 per epoch, and the learning rate), marked when the fit had not converged. Plane files of plane.py
 (told apart by their format) become the paper's Figure 1: train and test loss in the plane through
 a curve's three bends (or three endpoints), filled contours on a log-spaced scale, the points marked,
 the curve and the segment drawn.
@@ -30,6 +30,7 @@ EVAL_FORMAT = "aemc-eval-v1"
 PLANE_FORMAT = "aemc-plane-v1"
 WRITERS = {EVAL_FORMAT: "eval_curve.py", PLANE_FORMAT: "plane.py"}
 LOSS_NAMES = {"mse": "MSE", "perceptual": "perceptual loss (VGG16)"}
+PATH_STYLES = {"curve": "-", "segment": "--", "aligned_segment": ":"}  # the aligned segment only where eval_curve --aligned ran
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,17 +77,17 @@ def group_key(result: dict) -> str:
 
 
 def draw_losses(results: list[dict], title: str, log: bool = False, se: bool = False):
-    """Figure 2 (a, b): train and test loss vs t; curve solid, segment dashed, endpoints as dots."""
+    """Figure 2 (a, b): train and test loss vs t; curve solid, segment dashed, aligned segment dotted, endpoints as dots."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     loss_name = LOSS_NAMES.get(results[0]["loss"], results[0]["loss"])
     for ax, split, letter in zip(axes, ("train", "test"), "ab"):
         for i, result in enumerate(results):
             t, color = np.asarray(result["t"]), colors[i % len(colors)]
-            for path, style in (("curve", "-"), ("segment", "--")):
+            for path in (p for p in PATH_STYLES if p in result["paths"]):
                 values = np.asarray(result["paths"][path][f"{split}_loss"])
-                ax.plot(t, values, style, color=color, lw=1.8,
-                        label=f"{pair_label(result)}: {result['curve'] if path == 'curve' else 'segment'}")
+                ax.plot(t, values, PATH_STYLES[path], color=color, lw=1.8,
+                        label=f"{pair_label(result)}: {result['curve'] if path == 'curve' else path.replace('_', ' ')}")
                 if se:
                     err = np.asarray(result["paths"][path][f"{split}_loss_se"])
                     ax.fill_between(t, values - err, values + err, color=color, alpha=0.12, lw=0)
@@ -105,11 +106,13 @@ def draw_losses(results: list[dict], title: str, log: bool = False, se: bool = F
 
 
 def draw_strip(result: dict, npz: dict):
-    """Originals, then reconstructions along the curve and along the segment (rows = images)."""
-    t = npz["t"]
-    fig, axes = plt.subplots(1, 3, figsize=(2 + 2 * len(t), 0.9 * len(npz["originals"]) + 1.2),
-                             gridspec_kw={"width_ratios": [1, len(t), len(t)]})
-    for ax, key, title in zip(axes, ("originals", "curve", "segment"), ("original", f"along the {result['curve']} curve", "along the segment")):
+    """Originals, then reconstructions along the curve, the segment and the aligned segment where
+    there is one (rows = images)."""
+    t, paths = npz["t"], [p for p in PATH_STYLES if p in npz]
+    fig, axes = plt.subplots(1, 1 + len(paths), figsize=(2 + len(paths) * len(t), 0.9 * len(npz["originals"]) + 1.2),
+                             gridspec_kw={"width_ratios": [1] + [len(t)] * len(paths)})
+    titles = ["original", *(f"along the {result['curve']} curve" if p == "curve" else f"along the {p.replace('_', ' ')}" for p in paths)]
+    for ax, key, title in zip(axes, ("originals", *paths), titles):
         images = npz[key] if key == "originals" else np.swapaxes(npz[key], 0, 1)  # -> [images, columns, ...]
         images = images[:, None] if key == "originals" else images
         rows = [np.concatenate(list(row.transpose(0, 2, 3, 1)), axis=1) for row in images]
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         npz_path = Path(result["_path"]).with_name(result["files"]["npz"])
         try:
             with np.load(npz_path, allow_pickle=False) as f:
-                npz = {k: f[k] for k in ("t", "originals", "curve", "segment")}
+                npz = {k: f[k] for k in ("t", "originals", "curve", "segment", *(["aligned_segment"] if "aligned_segment" in f.files else []))}
         except (OSError, KeyError, ValueError) as e:
             raise UserError(f"cannot read reconstructions {npz_path}: {e}; rerun eval_curve.py") from None
         fig = draw_strip(result, npz)

@@ -173,22 +173,36 @@ def barrier_cell(s: dict) -> str:
     return f"{with_se(s['barrier'], s.get('barrier_se'))} ({with_se(s['barrier_rel'], s.get('barrier_rel_se'), True)})"
 
 
+def has_barrier(segment: dict, curve_barrier: float) -> bool:
+    """The segment test: a segment's barrier (test-loss summary) is significant, above SEGMENT_BARRIER
+    and at least SEGMENT_OVER_CURVE times `curve_barrier` (the curve's, 0 when not significant)."""
+    return (significant(segment["barrier"], segment.get("barrier_se")) and segment["barrier_rel"] > SEGMENT_BARRIER
+            and segment["barrier_rel"] >= SEGMENT_OVER_CURVE * curve_barrier)
+
+
 def pair_numbers(result: dict) -> dict:
     """One pair's test-loss numbers: curve excess over the worse endpoint, barriers (with standard
-    errors; one within 2 SE of zero counts as none), the two tests, and the fit's and ends' checks."""
+    errors; one within 2 SE of zero counts as none), the two tests, and the fit's and ends' checks;
+    the aligned segment's barrier and test too, None where it was not evaluated."""
     curve = result["paths"]["curve"]["summary"]["test_loss"]
     segment = result["paths"]["segment"]["summary"]["test_loss"]
+    aligned = result["paths"].get("aligned_segment", {}).get("summary", {}).get("test_loss")
     excess = curve["max"] / max(curve["start"], curve["end"]) - 1
     low_loss = excess <= CURVE_EXCESS or not significant(excess, curve.get("excess_se"))
     curve_barrier = curve["barrier_rel"] if significant(curve["barrier"], curve.get("barrier_se")) else 0.0
-    has_barrier = (significant(segment["barrier"], segment.get("barrier_se")) and segment["barrier_rel"] > SEGMENT_BARRIER
-                   and segment["barrier_rel"] >= SEGMENT_OVER_CURVE * curve_barrier)
     fit = result.get("fit") or {}
     return {"pair": f"{pair_label(result)} ({result['curve']})", "excess": excess, "excess_se": curve.get("excess_se"),
             "low_loss": low_loss, "curve_barrier": curve["barrier_rel"], "curve_barrier_se": curve.get("barrier_rel_se"),
             "segment_barrier": segment["barrier_rel"], "segment_barrier_se": segment.get("barrier_rel_se"),
-            "has_barrier": has_barrier, "converged": fit.get("converged"), "last_quarter_drop": fit.get("last_quarter_drop"),
+            "has_barrier": has_barrier(segment, curve_barrier), "aligned_barrier": aligned and aligned["barrier_rel"],
+            "aligned_barrier_se": aligned and aligned.get("barrier_rel_se"), "aligned_has_barrier": aligned and has_barrier(aligned, curve_barrier),
+            "converged": fit.get("converged"), "last_quarter_drop": fit.get("last_quarter_drop"),
             "last_quarter_epochs": fit.get("last_quarter_epochs"), "below_ends": curve.get("below_ends")}
+
+
+def mean_se(ses: list[float | None]) -> float | None:
+    """The standard error of a mean of independent values with standard errors `ses` (None if one is unknown)."""
+    return None if None in ses else sum(x * x for x in ses) ** 0.5 / len(ses)
 
 
 def verdict(group_evals: list[dict]) -> dict:
@@ -201,13 +215,29 @@ def verdict(group_evals: list[dict]) -> dict:
         category = "partly" if n_low else "no"
     mean = lambda key: sum(p[key] for p in pairs) / n  # noqa: E731
     worst = max(pairs, key=lambda p: p["segment_barrier"])
-    ses = [p["segment_barrier_se"] for p in pairs]
     return {"worst_segment_barrier_se": worst["segment_barrier_se"],
-            "mean_segment_barrier_se": None if None in ses else sum(x * x for x in ses) ** 0.5 / n,
+            "mean_segment_barrier_se": mean_se([p["segment_barrier_se"] for p in pairs]),
             "loss": group_evals[0]["loss"], "category": category, "headline": HEADLINES[category], "n_pairs": n,
             "n_low_loss": n_low, "n_segment_barriers": n_barrier, "worst_excess": max(p["excess"] for p in pairs),
             "mean_excess": mean("excess"), "worst_segment_barrier": max(p["segment_barrier"] for p in pairs),
             "mean_segment_barrier": mean("segment_barrier"), "mean_curve_barrier": mean("curve_barrier"), "pairs": pairs}
+
+
+def alignment_sentence(v: dict) -> str:
+    """How much of the group's segment barrier permutation alignment removes, in numbers ('' where no
+    aligned segment was evaluated): 1 - aligned barrier / segment barrier, over the group and per pair."""
+    pairs = [p for p in v["pairs"] if p["aligned_barrier"] is not None]
+    if not pairs:
+        return ""
+    segment, aligned = (sum(p[key] for p in pairs) / len(pairs) for key in ("segment_barrier", "aligned_barrier"))
+    removed = lambda seg, al: pct(1 - al / seg) if seg > 0 else "n/a"  # noqa: E731
+    per_pair = ", ".join(f"{p['pair']} {removed(p['segment_barrier'], p['aligned_barrier'])}" for p in pairs)
+    barred = sum(p["aligned_has_barrier"] for p in pairs)
+    return (f"*Alignment, {v['loss']} group:* with B's units permuted to match A's (weight matching) the straight segment's "
+            f"relative test barrier is {with_se(aligned, mean_se([p['aligned_barrier_se'] for p in pairs]), True)} on average "
+            f"instead of {with_se(segment, mean_se([p['segment_barrier_se'] for p in pairs]), True)}, so alignment removes "
+            f"{removed(segment, aligned)} of the segment's barrier (per pair: {per_pair}); the aligned segment still has a "
+            f"barrier by the criterion above for {barred} of {len(pairs)} pairs.")
 
 
 def verdict_sentence(v: dict) -> str:
@@ -310,8 +340,8 @@ def answer(evals: list[dict], study: dict | None = None) -> str:
                  f"between its end values, divided by the mean of the end values) is above {pct(SEGMENT_BARRIER)} and at least "
                  f"{SEGMENT_OVER_CURVE:g}x the curve's. A barrier or excess within {SIGNIFICANCE:g} standard errors of zero "
                  f"counts as none (standard errors over test images, paired: the same images at every t).")
-    return "\n\n".join([criterion, *(verdict_sentence(v) for v in verdicts), comparison(verdicts), checks(evals),
-                        evidence(evals, study or {})])
+    groups = [text for v in verdicts for text in (verdict_sentence(v), alignment_sentence(v)) if text]
+    return "\n\n".join([criterion, *groups, comparison(verdicts), checks(evals), evidence(evals, study or {})])
 
 
 # ---------------------------------------------------------------- the report's sections
@@ -400,16 +430,24 @@ def endpoints_section(s: dict, report_dir: Path) -> str:
 
 
 def curves_section(evals: list[dict]) -> str:
-    """Per pair, the loss at the ends and along curve and segment: one table for train, one for test."""
+    """Per pair, the loss at the ends and along curve and segment (and the aligned segment's barrier,
+    where any pair has one): one table for train, one for test."""
     header = ["group", "pair", "curve", "t=0", "t=1", "curve max", "curve mean", "curve barrier", "segment max", "segment mean", "segment barrier"]
+    aligned = any("aligned_segment" in e["paths"] for e in evals)
+    header += ["aligned segment barrier"] if aligned else []
     text = ["## Curves", "", "Loss at the ends and along each path; barrier = largest excess over the straight line between the end values "
             "(relative to their mean), ± its standard error over images (paired: the same images at every t)."]
+    text[-1] += (" Aligned segment: from A to B with B's units permuted to match A's (weight matching, align.py), "
+                 "which changes no network's function.") if aligned else ""
     for split in ("train", "test"):
         rows = []
         for e in evals:
             c, g = (e["paths"][p]["summary"][f"{split}_loss"] for p in ("curve", "segment"))
             row = [e["loss"], pair_label(e), e["curve"], f"{c['start']:.4g}", f"{c['end']:.4g}", f"{c['max']:.4g}", f"{c['mean']:.4g}",
                    barrier_cell(c), f"{g['max']:.4g}", f"{g['mean']:.4g}", barrier_cell(g)]
+            if aligned:
+                path = e["paths"].get("aligned_segment")
+                row.append(barrier_cell(path["summary"][f"{split}_loss"]) if path else "–")
             if split == "test":
                 p = pair_numbers(e)
                 row += [f"+{with_se(p['excess'], p['excess_se'], True)}", "yes" if p["low_loss"] else "no"]

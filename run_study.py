@@ -1,8 +1,9 @@
 """The whole study in one command: `python run_study.py` (the quick preset, on built-in data).
 
 Trains 3 endpoints per loss group (mse, perceptual), fits a curve between every pair within each
-group, evaluates every curve and its straight segment, maps the loss in the plane of each group's
-first curve (the paper's Figure 1), draws the figures and writes a report
+group, evaluates every curve and its straight segment (and the aligned segment, align.py, where
+the `aligned` setting says so), maps the loss in the plane of each group's first curve (the
+paper's Figure 1), draws the figures and writes a report
 that answers the question from the numbers. Each step calls the same `main()` the single
 scripts run. A step whose output exists and was made with the same settings (and the same
 upstream files) is skipped, so an interrupted study picks up where it stopped; `--force` redoes.
@@ -48,7 +49,7 @@ PRESETS = {
         "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
         "arclength": {"mse": True, "perceptual": False},
-        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False},
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
     },
     "full": {  # CelebA at 64x64, meant for one GPU
@@ -58,7 +59,7 @@ PRESETS = {
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
         "arclength": True,
-        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"],
+        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True,
         "plane_grid": 21,
     },
 }
@@ -115,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arclength", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "arclength", "also fit the first pair of each group with fit_curve.py --objective arclength and evaluate it, for the "
                      "report's comparison of the two objectives (--arclength / --no-arclength: every group)"))
+    p.add_argument("--aligned", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
+        "aligned", "also evaluate the aligned segment (B's units permuted to match A's, eval_curve.py --aligned); "
+                   "--aligned or --no-aligned sets it for every group"))
     cli.add_device_arg(p)
     return p.parse_args(argv)
 
@@ -193,8 +197,8 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
                           "output": ckpt, "inputs": [a, b]})
             result = ckpt.with_name(ckpt.stem + ".eval.json")
             argv = ["--ckpt", ckpt, "--num-points", s["num_points"], "--bn-images", s["bn_images"], "--train-images", s["train_images"],
-                    "--test-images", s["test_images"], *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []),
-                    *device, "--out", result]
+                    "--test-images", s["test_images"], *(["--aligned"] if for_group(s["aligned"], loss) else []),
+                    *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", result]
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
@@ -208,7 +212,8 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
         steps.append({"name": f"fit {loss} {curve} seeds {i}-{j} (arc-length objective)", "kind": "fit", "main": fit_curve.main,
                       "argv": argv, "output": ckpt, "inputs": uniform["inputs"]})
         evaluation = next(step for step in evals if step["inputs"] == [uniform["output"]])
-        argv = ["--ckpt", ckpt, *evaluation["argv"][2:-2], "--out", ckpt.with_name(ckpt.stem + ".eval.json")]  # --ckpt C ... --out R
+        argv = ["--ckpt", ckpt, *(x for x in evaluation["argv"][2:-2] if x != "--aligned"),  # --ckpt C ... --out R; the curve is what is compared
+                "--out", ckpt.with_name(ckpt.stem + ".eval.json")]
         steps.append({"name": f"eval {loss} {curve} seeds {i}-{j} (arc-length objective)", "kind": "eval-arclength",
                       "main": eval_curve.main, "argv": argv, "output": ckpt.with_name(ckpt.stem + ".eval.json"), "inputs": [ckpt]})
     planes = plane_steps(s, out, vgg)

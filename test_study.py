@@ -63,6 +63,7 @@ def test_report_has_every_table_and_figure(study):
     for link in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (folder / link).is_file(), link
     assert "Left out" not in text  # every file of this run fits its plan and settings
+    assert "*Alignment, mse group:*" in text and "*Alignment, perceptual" not in text  # the quick preset aligns the mse group only
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
     kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["plane"] * 2 + ["ensemble"] * 2 + ["plot"]
@@ -252,3 +253,16 @@ def test_plane_step_for_the_first_pair_of_each_group_unless_no_plane():
         assert not [s for s in run_study.plan(settings, Path("study"), "random") if s["kind"] == "plane"]
     full = run_study.resolve_settings(run_study.parse_args(["--preset", "full", "--data-root", "x"]))
     assert {s["argv"][s["argv"].index("--grid") + 1] for s in run_study.plan(full, Path("study"), "random") if s["kind"] == "plane"} == {"21"}
+
+
+def test_the_aligned_segment_is_evaluated_per_group_as_the_preset_or_flag_says():
+    def aligned(argv):
+        steps = run_study.plan(run_study.resolve_settings(run_study.parse_args(argv)), Path("study"), "random")
+        evals = [s for s in steps if s["kind"] == "eval"]
+        assert len(evals) == 6
+        return {s["name"].split()[1] for s in evals if "--aligned" in s["argv"]}
+
+    assert aligned([]) == {"mse"}  # quick: the perceptual evaluation is the slow part
+    assert aligned(["--preset", "full", "--data-root", "celeba"]) == {"mse", "perceptual"}
+    assert aligned(["--no-aligned"]) == set() and aligned(["--aligned"]) == {"mse", "perceptual"}
+    assert aligned(["--preset", "full", "--data-root", "celeba", "--no-aligned"]) == set()
