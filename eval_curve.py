@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
               "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"],
-              "objective": config.get("objective", "uniform"),
+              "objective": config.get("objective", "uniform"), "aligned_curve": bool(config.get("aligned")),
               "vgg_weights": config.get("vgg_weights"), "vgg_layers": config.get("vgg_layers"), "model": config["model"], "data": data_cfg,
               "endpoints": [e["path"] for e in config["endpoints"]],
               "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],

@@ -82,16 +82,18 @@ def load_study(study_dir: Path) -> dict:
         raise UserError(f"no curve evaluations (curves/*.eval.json) of this study's settings in {study_dir}; "
                         f"run the eval steps (run_study.py or eval_curve.py)")
     ensembles = [e for e in load_ensembles(study, study_dir) if same_curve(e, study_dir)]
-    arclength = [read_eval(p) for p in planned(study, study_dir, "eval-arclength", "curves/*-arclength.eval.json") if p.is_file()]
-    arclength = [e for e in arclength if eval_fits(e, study, study_dir)]
+    # second fits of a first pair (run_study's VARIANTS), compared with the plain fit, not pairs of the verdict
+    variants = {kind: [e for e in (read_eval(p) for p in planned(study, study_dir, f"eval-{kind}", pattern) if p.is_file())
+                       if eval_fits(e, study, study_dir)]
+                for kind, pattern in (("arclength", "curves/*-arclength.eval.json"), ("aligned_curves", "curves/*-aligned.eval.json"))}
     if not isinstance(study.get("plan"), list):  # an old study.json: the glob above found every evaluation
-        evals = [e for e in evals if e.get("objective", "uniform") == "uniform"]
-    used = {Path(x["_path"]) for x in [*endpoints, *evals, *ensembles, *arclength]}
+        evals = [e for e in evals if e.get("objective", "uniform") == "uniform" and not e.get("aligned_curve")]
+    used = {Path(x["_path"]) for x in [*endpoints, *evals, *ensembles, *variants["arclength"], *variants["aligned_curves"]]}
     ignored = {what: sorted(p.relative_to(study_dir).as_posix() for p in study_dir.glob(pattern) if p not in used)
                for what, pattern in (("endpoints", "ae/*.json"), ("evaluations", "curves/*.eval.json"), ("ensembles", "ensembles/*/ensemble.json"))}
     endpoints.sort(key=lambda m: (group_order(m["config"]["loss"]), m["config"].get("seed", 0)))
     evals.sort(key=lambda e: (group_order(e["loss"]), stem(e)))
-    return {"study": study, "endpoints": endpoints, "evals": evals, "ensembles": ensembles, "arclength": arclength, "ignored": ignored}
+    return {"study": study, "endpoints": endpoints, "evals": evals, "ensembles": ensembles, **variants, "ignored": ignored}
 
 
 def load_ensembles(study: dict, study_dir: Path) -> list[dict]:
@@ -524,6 +526,33 @@ def objectives_section(evals: list[dict], arclength: list[dict]) -> str:
     return "\n".join(text) + "\n"
 
 
+def aligned_curves_section(evals: list[dict], aligned: list[dict]) -> str:
+    """The curve between A and B against the curve between A and B aligned to A (align.py) on the
+    same pair: where each fit started and ended at t=0.5, the curve's maximum and barrier, and the
+    barrier of its own straight segment (A to B, or A to the aligned B)."""
+    if not aligned:
+        return ""
+    header = ["group", "pair", "curve between", "test loss t=0.5, epoch 0", "last epoch", "curve max", "curve barrier", "its segment's barrier"]
+    rows, sentences = [], []
+    for fair in aligned:
+        pair = [*[e for e in evals if e["endpoints"] == fair["endpoints"] and e["curve"] == fair["curve"]][:1], fair]
+        for e in pair:
+            c, g = (e["paths"][p]["summary"]["test_loss"] for p in ("curve", "segment"))
+            h = (e.get("fit") or {}).get("history") or [{"test_loss_t05": float("nan")}]
+            rows.append([e["loss"], pair_label(e), "A and aligned B" if e.get("aligned_curve") else "A and B",
+                         f"{h[0]['test_loss_t05']:.4g}", f"{h[-1]['test_loss_t05']:.4g}", f"{c['max']:.4g}", barrier_cell(c), barrier_cell(g)])
+        if len(pair) == 2:
+            (c0, c1), (h0, h1) = ((e["paths"]["curve"]["summary"]["test_loss"] for e in pair),
+                                  ((e.get("fit") or {}).get("history") or [{"test_loss_t05": float("nan")}] for e in pair))
+            sentences.append(f"{fair['loss']} group, {pair_label(fair)}: aligned first, the fit starts at t = 0.5 from "
+                             f"{h1[0]['test_loss_t05']:.4g} instead of {h0[0]['test_loss_t05']:.4g} and ends at {h1[-1]['test_loss_t05']:.4g} "
+                             f"instead of {h0[-1]['test_loss_t05']:.4g}; its curve's max test loss is {c1['max'] / c0['max']:.3f}× the plain curve's.")
+    text = ["## Aligned curves", "", "The same pair fitted twice: between A and B, and between A and B with its units permuted to "
+            "match A's (weight matching, `fit_curve.py --aligned`), so the second curve only has to do what alignment cannot.", "",
+            table(header, rows), "", *sentences]
+    return "\n".join(text) + "\n"
+
+
 def ensembles_section(ensembles: list[dict], report_dir: Path) -> str:
     """Table 1 for autoencoders, per loss group: every ensemble with its budget and diversity, from the plan's ensemble.json files."""
     if not ensembles:
@@ -626,7 +655,7 @@ def write_report(study_dir: Path, out: Path) -> Path:
                 fits_section(study_dir.resolve(), s["evals"], report_dir),
                 figures_section(study_dir.resolve(), s["evals"], report_dir),
                 planes_section(load_planes(study, study_dir), s["evals"], study_dir.resolve(), report_dir),
-                objectives_section(s["evals"], s["arclength"]),
+                objectives_section(s["evals"], s["arclength"]), aligned_curves_section(s["evals"], s["aligned_curves"]),
                 ensembles_section(s["ensembles"], report_dir),
                 "## Answer\n\n" + answer(s["evals"], study) + "\n"]
     return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))

@@ -48,7 +48,7 @@ PRESETS = {
         "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "precision": "auto", "num_points": 31, "bn_images": 200,
         "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
-        "arclength": {"mse": True, "perceptual": False},
+        "arclength": {"mse": True, "perceptual": False}, "aligned_curves": False,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False},
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
     },
@@ -58,7 +58,7 @@ PRESETS = {
         "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "precision": "auto", "num_points": 61, "bn_images": 5000, "train_images": 5000,
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
-        "arclength": True,
+        "arclength": True, "aligned_curves": True,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True,
         "plane_grid": 21,
     },
@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arclength", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "arclength", "also fit the first pair of each group with fit_curve.py --objective arclength and evaluate it, for the "
                      "report's comparison of the two objectives (--arclength / --no-arclength: every group)"))
+    p.add_argument("--aligned-curves", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
+        "aligned_curves", "also fit the first pair of each group between A and B aligned to A (fit_curve.py --aligned) and "
+                          "evaluate it, for the report's comparison with the plain curve (--aligned-curves / --no-aligned-curves: every group)"))
     p.add_argument("--aligned", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "aligned", "also evaluate the aligned segment (B's units permuted to match A's, eval_curve.py --aligned); "
                    "--aligned or --no-aligned sets it for every group"))
@@ -202,20 +205,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
-    for loss, curve in itertools.product(s["losses"], s["curves"]):
-        if not for_group(s["arclength"], loss):
-            continue
-        i, j = s["seeds"][:2]  # the first pair again, now drawing t along the curve's length
-        uniform = next(step for step in steps if step["output"] == out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt")
-        ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}-arclength.pt"
-        argv = [*uniform["argv"][:-2], "--objective", "arclength", "--out", ckpt]  # its argv ends with --out CKPT
-        steps.append({"name": f"fit {loss} {curve} seeds {i}-{j} (arc-length objective)", "kind": "fit", "main": fit_curve.main,
-                      "argv": argv, "output": ckpt, "inputs": uniform["inputs"]})
-        evaluation = next(step for step in evals if step["inputs"] == [uniform["output"]])
-        argv = ["--ckpt", ckpt, *(x for x in evaluation["argv"][2:-2] if x != "--aligned"),  # --ckpt C ... --out R; the curve is what is compared
-                "--out", ckpt.with_name(ckpt.stem + ".eval.json")]
-        steps.append({"name": f"eval {loss} {curve} seeds {i}-{j} (arc-length objective)", "kind": "eval-arclength",
-                      "main": eval_curve.main, "argv": argv, "output": ckpt.with_name(ckpt.stem + ".eval.json"), "inputs": [ckpt]})
+    steps += variant_steps(s, out, steps, evals)
     planes = plane_steps(s, out, vgg)
     steps += planes
     ensemble_losses = [loss for loss in s["losses"] if loss in s["ensemble_losses"]] if s["ensembles"] else []
@@ -235,6 +225,32 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
     for step in steps:
         step["argv"] = [str(x) for x in step["argv"]]
     return steps
+
+
+# A second fit of each group's first pair, compared with the plain one in the report (not a pair of the verdict):
+# setting -> (fit_curve flags, file suffix, what it is)
+VARIANTS = {"arclength": (["--objective", "arclength"], "arclength", "arc-length objective"),
+            "aligned_curves": (["--aligned"], "aligned", "curve to B aligned to A")}
+
+
+def variant_steps(s: dict, out: Path, steps: list[dict], evals: list[dict]) -> list[dict]:
+    """The fit and evaluation of every VARIANTS setting that is on for a group, on its first pair,
+    with the plain fit's and evaluation's flags; evaluations of kind 'eval-<setting>'."""
+    extra = []
+    for (setting, (flags, suffix, what)), loss, curve in itertools.product(VARIANTS.items(), s["losses"], s["curves"]):
+        if not for_group(s[setting], loss):
+            continue
+        i, j = s["seeds"][:2]
+        plain = next(step for step in steps if step["output"] == out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt")
+        ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}-{suffix}.pt"
+        extra.append({"name": f"fit {loss} {curve} seeds {i}-{j} ({what})", "kind": "fit", "main": fit_curve.main,
+                      "argv": [*plain["argv"][:-2], *flags, "--out", ckpt], "output": ckpt, "inputs": plain["inputs"]})  # argv ends --out CKPT
+        evaluation = next(step for step in evals if step["inputs"] == [plain["output"]])
+        result = ckpt.with_name(ckpt.stem + ".eval.json")
+        argv = ["--ckpt", ckpt, *(x for x in evaluation["argv"][2:-2] if x != "--aligned"), "--out", result]  # --ckpt C ... --out R
+        extra.append({"name": f"eval {loss} {curve} seeds {i}-{j} ({what})", "kind": f"eval-{setting}", "main": eval_curve.main,
+                      "argv": argv, "output": result, "inputs": [ckpt]})
+    return extra
 
 
 def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:

@@ -266,3 +266,22 @@ def test_the_aligned_segment_is_evaluated_per_group_as_the_preset_or_flag_says()
     assert aligned(["--preset", "full", "--data-root", "celeba"]) == {"mse", "perceptual"}
     assert aligned(["--no-aligned"]) == set() and aligned(["--aligned"]) == {"mse", "perceptual"}
     assert aligned(["--preset", "full", "--data-root", "celeba", "--no-aligned"]) == set()
+
+
+def test_aligned_curves_are_a_second_fit_compared_in_the_report_not_a_pair_of_the_verdict(tmp_path):
+    args = [*MICRO, "--losses", "mse", "--aligned-curves", "--no-arclength", "--no-plane", "--no-ensembles",
+            "--out", str(tmp_path / "study"), "--cache-dir", str(tmp_path / "cache")]
+    steps = run_study.plan(run_study.resolve_settings(run_study.parse_args(args)), tmp_path / "study", "random")
+    fit, evaluation = [s for s in steps if "aligned to A" in s["name"]]
+    assert "--aligned" in fit["argv"] and fit["output"].name == "mse_s0-s1-bezier-aligned.pt" and evaluation["kind"] == "eval-aligned_curves"
+    assert not [s for s in run_study.plan(run_study.resolve_settings(run_study.parse_args(MICRO)), tmp_path, "random")
+                if "aligned to A" in s["name"]]  # off in the quick preset
+    text = run_study.main(args).read_text()
+    assert "Evidence: 1 pair(s) in all" in text  # the aligned fit is not counted as a second pair
+    section = text[text.index("## Aligned curves"):text.index("## Answer")]
+    assert "| mse | seeds 0–1 | A and B |" in section and "| mse | seeds 0–1 | A and aligned B |" in section
+    aligned = json.loads((tmp_path / "study/curves/mse_s0-s1-bezier-aligned.eval.json").read_text())
+    plain = json.loads((tmp_path / "study/curves/mse_s0-s1-bezier.eval.json").read_text())
+    assert aligned["aligned_curve"] and not plain["aligned_curve"]
+    # the aligned B computes B's function: the two curves end on the same loss, through different weights
+    assert aligned["paths"]["curve"]["test_mse"][-1] == pytest.approx(plain["paths"]["curve"]["test_mse"][-1], rel=1e-4)
