@@ -499,6 +499,11 @@ def fits_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str:
     return "\n".join(text)
 
 
+def with_plain(second: dict, evals: list[dict]) -> list[dict]:
+    """A second fit's evaluation, after the plain evaluation of the same pair and curve when there is one."""
+    return [*[e for e in evals if e["endpoints"] == second["endpoints"] and e["curve"] == second["curve"]][:1], second]
+
+
 def objectives_section(evals: list[dict], arclength: list[dict]) -> str:
     """The paper's objective (t ~ U(0,1)) against the arc-length one (t with density proportional to
     ||phi'(t)||) on the same pair: test loss max, mean over t, mean over length, and the curve's length."""
@@ -507,14 +512,13 @@ def objectives_section(evals: list[dict], arclength: list[dict]) -> str:
     header = ["group", "pair", "objective", "test max", "mean over t", "mean over length", "barrier", "length", "converged"]
     rows, sentences = [], []
     for fair in arclength:
-        same = [e for e in evals if e["endpoints"] == fair["endpoints"] and e["curve"] == fair["curve"]]
-        pair = [*same[:1], fair]
+        pair = with_plain(fair, evals)
         for e in pair:
             c, fit = e["paths"]["curve"]["summary"]["test_loss"], e.get("fit") or {}
             rows.append([e["loss"], pair_label(e), e.get("objective", "uniform"), f"{c['max']:.4g}", f"{c['mean']:.4g}",
                          f"{c['integral']:.4g}", barrier_cell(c), f"{e['paths']['curve']['length']:.4g}",
                          {True: "yes", False: "**NO**"}.get(fit.get("converged"), "–")])
-        if same:
+        if len(pair) == 2:
             u, a = (e["paths"]["curve"]["summary"]["test_loss"] for e in pair)
             lu, la = (e["paths"]["curve"]["length"] for e in pair)
             sentences.append(f"{fair['loss']} group, {pair_label(fair)}: the arc-length objective's curve has max test loss "
@@ -535,7 +539,7 @@ def aligned_curves_section(evals: list[dict], aligned: list[dict]) -> str:
     header = ["group", "pair", "curve between", "test loss t=0.5, epoch 0", "last epoch", "curve max", "curve barrier", "its segment's barrier"]
     rows, sentences = [], []
     for fair in aligned:
-        pair = [*[e for e in evals if e["endpoints"] == fair["endpoints"] and e["curve"] == fair["curve"]][:1], fair]
+        pair = with_plain(fair, evals)
         for e in pair:
             c, g = (e["paths"][p]["summary"]["test_loss"] for p in ("curve", "segment"))
             h = (e.get("fit") or {}).get("history") or [{"test_loss_t05": float("nan")}]
