@@ -28,7 +28,7 @@ import data
 import eval_curve
 import fit_curve
 import training
-from files import write_json
+from files import UserError, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-train", type=cli.positive_int, default=20000, help="synthetic training images for the evaluation benchmark")
     p.add_argument("--eval-points", type=cli.positive_int, default=3, help="values of t timed in the evaluation benchmark (the exhaustive one is slow)")
     p.add_argument("--study", action="store_true", help="also time run_study.py --preset quick (minutes)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when a figure misses its target (after printing and writing all)")
     cli.add_device_arg(p)
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--out", default="runs/bench.json")
@@ -90,15 +91,27 @@ def bench_curve_overhead(args, device) -> dict:
     return {"plain_step_s": t_plain, "curve_step_s": t_curve, "ratio": ratio, "target": "<= 1.10", "met": ratio <= 1.10}
 
 
-def matmul_rate(device, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / median_seconds(lambda: a @ b, repeats)
+def dense_kernels(device, repeats: int = 5) -> dict[str, float]:
+    """FLOP/s of a few dense float32 kernels, the ceiling a training step is held against: square and
+    rectangular GEMMs (cuBLAS/oneDNN's best case) and a large 3x3 convolution in channels_last."""
+    rates = {}
+    for m, k, n in ((2048, 2048, 2048), (4096, 1024, 4096), (8192, 512, 1024)):
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        rates[f"gemm {m}x{k}x{n}"] = 2 * m * k * n / median_seconds(lambda: a @ b, repeats)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last)
+    x = torch.randn(32, 128, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        rates["conv3x3 128->128, 32x32, batch 32, channels_last"] = 2 * 32 * 128 * 32 * 32 * 128 * 9 / median_seconds(lambda: conv(x), repeats)
+    return rates
 
 
 def bench_efficiency(args, device) -> dict:
-    """2. FLOP/s of a training step against the machine's float32 matmul rate; contiguous vs channels_last."""
-    rate = matmul_rate(device)
-    out = {"matmul_gflops": rate / 1e9}
+    """2. FLOP/s of a training step against the best dense kernel measured in the same run; contiguous vs channels_last."""
+    kernels = dense_kernels(device)
+    best_kernel = max(kernels, key=kernels.get)
+    rate = kernels[best_kernel]
+    out = {"kernels_gflops": {name: r / 1e9 for name, r in kernels.items()}, "best_kernel": best_kernel, "best_kernel_gflops": rate / 1e9,
+           "matmul_gflops": kernels["gemm 2048x2048x2048"] / 1e9}
     for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
         torch.manual_seed(0)
         model = ae.AutoEncoder(width=args.width).to(device, memory_format=fmt)
@@ -109,10 +122,10 @@ def bench_efficiency(args, device) -> dict:
         flops = counter.get_total_flops()
         seconds = median_seconds(step, args.repeats)
         out[name] = {"step_s": seconds, "gflop_per_step": flops / 1e9, "gflops": flops / seconds / 1e9,
-                     "fraction_of_matmul": flops / seconds / rate}
+                     "fraction_of_best_kernel": flops / seconds / rate}
     out["channels_last_speedup"] = out["contiguous"]["step_s"] / out["channels_last"]["step_s"]
-    best = max(out["contiguous"]["fraction_of_matmul"], out["channels_last"]["fraction_of_matmul"])
-    out.update(target=">= 0.70 of matmul rate", met=best >= 0.70, best_fraction=best)
+    best = max(out["contiguous"]["fraction_of_best_kernel"], out["channels_last"]["fraction_of_best_kernel"])
+    out.update(target=">= 0.70 of the best dense kernel", met=best >= 0.70, best_fraction=best)
     return out
 
 
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"1. curve step / plain step: {results['curve_overhead']['ratio']:.3f} (target <= 1.10)", flush=True)
     results["efficiency"] = eff = bench_efficiency(args, device)
     print(f"2. training step: {eff['channels_last']['gflops']:.1f} GFLOP/s channels_last, {eff['contiguous']['gflops']:.1f} contiguous; "
-          f"matmul {eff['matmul_gflops']:.1f} GFLOP/s", flush=True)
+          f"dense kernels " + ", ".join(f"{k} {v:.0f}" for k, v in eff["kernels_gflops"].items()) + " GFLOP/s", flush=True)
     results["eval"] = bench_eval(args, device)
     print(f"3. evaluation speedup {results['eval']['speedup']:.1f}x, max error {max(results['eval']['max_rel_error'].values()):.2%}", flush=True)
     train_rate = args.batch_size / eff["channels_last"]["step_s"]
@@ -252,17 +265,22 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"5. perceptual / mse step: {results['perceptual']['perceptual_over_mse']:.1f}", flush=True)
     if args.study:
         results["study"] = bench_study(args)
+    missed = [name for name, _, _, met in table_rows(results) if met is False]
     print_table(results)
     write_json(args.out, results)
     print(f"wrote {args.out}")
+    if args.strict and missed:
+        raise UserError(f"--strict: {len(missed)} figure(s) missed their target: {'; '.join(n.strip() for n in missed)}")
     return results
 
 
-def print_table(r: dict) -> None:
+def table_rows(r: dict) -> list[tuple]:
+    """(figure, measured, target, met) per printed row; met is None where there is no target."""
     e, v, d, p = r["efficiency"], r["eval"], r["data"], r["perceptual"]
     rows = [
         ("1. curve step / plain step", f"{r['curve_overhead']['ratio']:.3f}", "<= 1.10", r["curve_overhead"]["met"]),
-        ("2. train step FLOP/s / matmul FLOP/s", f"{e['best_fraction']:.0%}", ">= 70%", e["met"]),
+        ("2. train step FLOP/s / best dense kernel's", f"{e['best_fraction']:.0%}", ">= 70%", e["met"]),
+        (f"   best dense kernel: {e['best_kernel'].split(',')[0]}", f"{e['best_kernel_gflops']:.0f} GFLOP/s", "-", None),
         ("   channels_last speed-up over contiguous", f"{e['channels_last_speedup']:.2f}x", "-", None),
         ("3. default eval speed-up over exhaustive", f"{v['speedup']:.1f}x", ">= 5x", v["speedup"] >= 5),
         ("   max relative error (train, test)", f"{v['max_rel_error']['train']:.2%}, {v['max_rel_error']['test']:.2%}", "<= 1%",
@@ -277,8 +295,12 @@ def print_table(r: dict) -> None:
         s = r["study"]
         rows.append(("6. quick study wall time", f"{s['total_s']:.0f} s (" + ", ".join(f"{k} {v:.0f}" for k, v in s["per_kind_s"].items()) + ")",
                      "<= 360 s", s["met"]))
+    return rows
+
+
+def print_table(r: dict) -> None:
     print(f"\n{'figure':44} {'measured':>28} {'target':>9}  met")
-    for name, value, target, met in rows:
+    for name, value, target, met in table_rows(r):
         print(f"{name:44} {value:>28} {target:>9}  {'' if met is None else ('yes' if met else 'NO')}")
     print(f"machine: {r['machine']}")
 

@@ -1005,3 +1005,26 @@ def test_vgg_file_with_a_non_string_key_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1), 0: torch.zeros(1)}, tmp_path / "vgg.pth")
     with pytest.raises(UserError, match="not a VGG16 state dict"):
         ae.vgg16_features(str(tmp_path / "vgg.pth"))
+
+
+def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them(tmp_path, monkeypatch, capsys):
+    import bench
+
+    measured = {  # what each figure's function returns, without timing anything: figures 1 and 5 miss their targets
+        "bench_curve_overhead": {"ratio": 1.2, "met": False},
+        "bench_efficiency": {"best_fraction": 0.8, "met": True, "best_kernel": "gemm 2048x2048x2048", "best_kernel_gflops": 150.0,
+                             "channels_last_speedup": 1.0, "kernels_gflops": {"gemm 2048x2048x2048": 150.0},
+                             "channels_last": {"gflops": 120.0, "step_s": 0.5}, "contiguous": {"gflops": 110.0}},
+        "bench_eval": {"speedup": 6.0, "max_rel_error": {"train": 0.005, "test": 0.008}},
+        "bench_data": {"cache_over_training": 100.0, "cache_over_jpeg": 20.0, "cache_images_per_s": 1e4, "met": True},
+        "bench_perceptual": {"precision": "fp32", "perceptual_over_mse": 9.0, "perceptual_fp32_over_mse": 9.0, "naive_over_ours": 2.0, "met": False},
+    }
+    for name, value in measured.items():
+        monkeypatch.setattr(bench, name, lambda *args, value=value, **kwargs: value)
+    out = tmp_path / "bench.json"
+    bench.main(["--out", str(out)])  # without --strict a missed target is only printed
+    assert out.is_file() and "NO" in capsys.readouterr().out
+    out.unlink()
+    with pytest.raises(UserError, match=r"--strict: 2 figure\(s\) missed their target: 1\. curve step / plain step; 5\. perceptual step"):
+        bench.main(["--out", str(out), "--strict"])
+    assert json.loads(out.read_text())["curve_overhead"]["ratio"] == 1.2  # written before exiting
