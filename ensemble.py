@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
         growth.append({**ens.add(member(copy.deepcopy(loaded[str(path)][0]), ev)).score(ev), "budget_epochs": epochs, "path": str(path)})
     methods["endpoints"] = {"label": METHODS["endpoints"], "growth": growth}
 
-    fit = {"batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "precision": precision, "device": device, "precision": precision}
+    fit = {"batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "device": device, "precision": precision}
     start_model = start_model.to(device, memory_format=CHANNELS_LAST)
     cyclic = {"train_images": train_images, "loss_fn": loss_fn, "steps": steps, "budget": budget["fge"]["epochs"], "fit": fit, "ev": ev}
     methods["fge"] = cyclic_ensemble("fge", start_model, lr_at=lambda i: fge_lr(i, cycle, lr1, lr2),

@@ -165,13 +165,13 @@ def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable, 
     kwargs = {} if t is None else {"t": t}
     loss, sq = [], []
     for i, x in enumerate(batches(images, batch_size, device=device, memory_format=memory_format)):
-        if loss_fn is ae.mse:
-            recon, _ = forward_loss(model, x, ae.mse, precision, device, kwargs)
+        extra = {} if target_features is None or loss_fn is ae.mse else {"target_features": target_features[i]}
+        recon, value = forward_loss(model, x, loss_fn, precision, device, kwargs, reduction="none", **extra)
+        if loss_fn is ae.mse:  # the loss is the MSE: computed once
+            sq.append(value.cpu())
         else:
-            extra = {} if target_features is None else {"target_features": target_features[i]}
-            recon, value = forward_loss(model, x, loss_fn, precision, device, kwargs, reduction="none", **extra)
             loss.append(value.cpu())
-        sq.append(ae.mse(recon, x, reduction="none").cpu())
+            sq.append(ae.mse(recon, x, reduction="none").cpu())
     model.train(was_training)
     sq = torch.cat(sq)
     return {"loss": torch.cat(loss) if loss else sq, "mse": sq}
