@@ -253,8 +253,7 @@ class CurveNet(nn.Module):
         """||phi'(t)|| at each t, in closed form: phi'(t) = sum_j c_j'(t) w_j, so its squared norm is
         c'(t)^T G c'(t) with G the Gram matrix of the bends (parameters only, float64)."""
         with torch.no_grad():
-            bends = [torch.cat([getattr(layer, f"{name}_{j}").detach().reshape(-1).double() for _, layer in self.layers
-                                for name in layer.param_names]) for j in range(self.num_bends)]
+            bends = [self.bend_weights(j).double() for j in range(self.num_bends)]
             gram = torch.stack([torch.stack([a @ b for b in bends]) for a in bends]).cpu()
             d = torch.tensor([self.curve.derivative(t) for t in ts], dtype=torch.float64)
             return torch.einsum("ti,ij,tj->t", d, gram, d).clamp_min(0).sqrt()
@@ -316,6 +315,11 @@ def segment(model: nn.Module, start: dict, end: dict) -> CurveNet:
     net.import_endpoint(start, 0)
     net.import_endpoint(end, 1)
     return net
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """A plain model's parameters (no BatchNorm statistics) as one flat vector, in the order of CurveNet.weights."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:

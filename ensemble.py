@@ -147,7 +147,7 @@ def train_steps(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, st
 
 def flat_weights(model: nn.Module) -> torch.Tensor:
     """The model's parameters (no BatchNorm statistics) as one float64 vector on the CPU."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu()
+    return curves.flat_parameters(model).double().cpu()
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import ae
 import cli
+import curves
 import data
 import training
 from eval_curve import CURVE_DIR, METRICS, add_subset_args, evaluate_point, newest_curve, target_features
@@ -106,11 +107,6 @@ def set_weights(model: nn.Module, flat: torch.Tensor) -> nn.Module:
     return model
 
 
-def flat_weights(model: nn.Module) -> torch.Tensor:
-    """The model's parameters as one flat vector, in the order of CurveNet.weights."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
 # ---------------------------------------------------------------- the three points
 
 def from_curve(path: Path) -> dict:
@@ -139,7 +135,7 @@ def from_points(paths: list[str]) -> dict:
             print(f"warning: {path} was trained on other data settings than {paths[0]}; all points are evaluated on those of {paths[0]}")
     seeds = [ckpt["config"].get("seed") for _, ckpt in loaded]
     return {"source": "points", "config": loaded[0][1]["config"], "net": None, "template": loaded[0][0],
-            "weights": [flat_weights(model) for model, _ in loaded], "names": ["A", "B", "C"],
+            "weights": [curves.flat_parameters(model) for model, _ in loaded], "names": ["A", "B", "C"],
             "labels": [f"{n}: {Path(p).stem}" for n, p in zip("ABC", paths)], "order": (0, 1, 2),
             "segments": [[0, 1], [1, 2], [0, 2]], "endpoints": list(paths), "endpoint_seeds": seeds,
             "checkpoints": [{"path": str(p), "sha256": file_sha256(p)} for p in paths]}

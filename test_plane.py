@@ -52,7 +52,7 @@ def test_basis_is_orthonormal_and_the_bends_land_on_their_coordinates(curve):
     assert torch.equal(w0, net.weights(0.0)) and torch.equal(w1, net.weights(1.0))
     assert torch.allclose(theta, 2 * net.weights(0.5) - (w0 + w1) / 2, atol=1e-6)
     model = plane.set_weights(copy.deepcopy(src["template"]), plane.weights_at(xt, yt, basis))
-    assert torch.allclose(plane.flat_weights(model), theta, rtol=0, atol=1e-6)
+    assert torch.allclose(curves.flat_parameters(model), theta, rtol=0, atol=1e-6)
 
 
 def test_grid_corner_at_w0_gives_eval_curves_t0_loss(result, curve, tmp_path):
