@@ -40,9 +40,9 @@ from files import UserError, ensure_dir, file_sha256, folder_lock, write_json
 
 STUDY_FORMAT = "aemc-study-v1"
 # Every value can be overridden by the flag of the same name. A value given per loss group (a dict)
-# is spent where it buys quality: an MSE step costs a tenth of a perceptual one.
+# is spent where it buys quality: an MSE image costs about a fifth of a perceptual one (README).
 PRESETS = {
-    "quick": {  # built-in synthetic faces, sized to finish on a 2-core CPU in about 6 minutes
+    "quick": {  # built-in synthetic faces, sized for a 2-core CPU (11 min 22 s on this project's machine, see README)
         "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
         "width": 16, "latent_dim": 128, "batch_size": {"mse": 32, "perceptual": 16}, "epochs": {"mse": 16, "perceptual": 5},
         "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "precision": "auto", "num_points": 31, "bn_images": 200,
@@ -176,6 +176,16 @@ def data_flags(s: dict) -> list[str]:
     return flags
 
 
+def vgg_file_flag(vgg: str) -> list:
+    """--vgg-weights for the steps after training: needed only for a weight file (the checkpoints name the others)."""
+    return ["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []
+
+
+def subset_flags(s: dict) -> list:
+    """The fixed image subsets every evaluated network is measured on (eval_curve.py and plane.py alike)."""
+    return ["--bn-images", s["bn_images"], "--train-images", s["train_images"], "--test-images", s["test_images"]]
+
+
 def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[dict]:
     """Every step of the study in order: name, kind, the script's main, its argv, output, inputs.
     `auto` precision is resolved for the device `on` (default CPU), so a step's key names what it ran."""
@@ -195,13 +205,12 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
             argv = ["--a", a, "--b", b, "--curve", curve, "--num-bends", s["num_bends"], "--epochs", for_group(s["curve_epochs"], loss),
                     "--lr", s["curve_lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--batch-size", for_group(s["batch_size"], loss), "--seed", 0, "--bn-images", s["bn_images"],
-                    *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", ckpt]
+                    *vgg_file_flag(vgg), *device, "--out", ckpt]
             steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "main": fit_curve.main, "argv": argv,
                           "output": ckpt, "inputs": [a, b]})
             result = ckpt.with_name(ckpt.stem + ".eval.json")
-            argv = ["--ckpt", ckpt, "--num-points", s["num_points"], "--bn-images", s["bn_images"], "--train-images", s["train_images"],
-                    "--test-images", s["test_images"], *(["--aligned"] if for_group(s["aligned"], loss) else []),
-                    *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", result]
+            argv = ["--ckpt", ckpt, "--num-points", s["num_points"], *subset_flags(s), *(["--aligned"] if for_group(s["aligned"], loss) else []),
+                    *vgg_file_flag(vgg), *device, "--out", result]
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
@@ -216,7 +225,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
         folder = out / "ensembles" / f"{loss}_{curve}"
         argv = ["--ckpt", ckpt, "--endpoints", *members, "--k", s["ensemble_k"], "--points", s["ensemble_points"],
                 "--fge-cycles", s["fge_cycles"], "--cycle", s["fge_cycle"], "--precision", precision[loss], *([] if s["sse"] else ["--no-sse"]), "--bn-images", s["bn_images"], "--test-images", s["test_images"],
-                *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []), *device, "--out", folder]
+                *vgg_file_flag(vgg), *device, "--out", folder]
         steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "main": ensemble.main, "argv": argv,
                       "output": folder / "ensemble.json", "inputs": [ckpt, *members]})
     figures = out / "figures"
@@ -263,8 +272,7 @@ def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:
         i, j = s["seeds"][:2]
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
         result = ckpt.with_name(ckpt.stem + ".plane.json")
-        argv = ["--ckpt", ckpt, "--grid", for_group(s["plane_grid"], loss), "--bn-images", s["bn_images"], "--train-images",
-                s["train_images"], "--test-images", s["test_images"], *(["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []),
+        argv = ["--ckpt", ckpt, "--grid", for_group(s["plane_grid"], loss), *subset_flags(s), *vgg_file_flag(vgg),
                 "--device", s["device"], "--out", result]
         steps.append({"name": f"plane {loss} {curve} seeds {i}-{j}", "kind": "plane", "main": plane.main, "argv": argv,
                       "output": result, "inputs": [ckpt]})
