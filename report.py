@@ -540,14 +540,15 @@ def aligned_curves_section(evals: list[dict], aligned: list[dict]) -> str:
     rows, sentences = [], []
     for fair in aligned:
         pair = with_plain(fair, evals)
+        seen = []  # (curve's test-loss summary, fit history) of each
         for e in pair:
             c, g = (e["paths"][p]["summary"]["test_loss"] for p in ("curve", "segment"))
             h = (e.get("fit") or {}).get("history") or [{"test_loss_t05": float("nan")}]
+            seen.append((c, h))
             rows.append([e["loss"], pair_label(e), "A and aligned B" if e.get("aligned_curve") else "A and B",
                          f"{h[0]['test_loss_t05']:.4g}", f"{h[-1]['test_loss_t05']:.4g}", f"{c['max']:.4g}", barrier_cell(c), barrier_cell(g)])
         if len(pair) == 2:
-            (c0, c1), (h0, h1) = ((e["paths"]["curve"]["summary"]["test_loss"] for e in pair),
-                                  ((e.get("fit") or {}).get("history") or [{"test_loss_t05": float("nan")}] for e in pair))
+            (c0, h0), (c1, h1) = seen
             sentences.append(f"{fair['loss']} group, {pair_label(fair)}: aligned first, the fit starts at t = 0.5 from "
                              f"{h1[0]['test_loss_t05']:.4g} instead of {h0[0]['test_loss_t05']:.4g} and ends at {h1[-1]['test_loss_t05']:.4g} "
                              f"instead of {h0[-1]['test_loss_t05']:.4g}; its curve's max test loss is {c1['max'] / c0['max']:.3f}× the plain curve's.")
