@@ -1,4 +1,6 @@
 """Shared pytest fixtures: tiny synthetic data and quickly trained endpoints."""
+import contextlib
+
 import pytest
 
 import train_ae
@@ -21,3 +23,24 @@ def endpoints(tmp_path_factory):
         train_ae.main(["--loss", "mse", "--seed", str(seed), "--out", str(out), *tiny_args(tmp, **{"--epochs": 3})])
         paths.append(out)
     return paths
+
+
+@contextlib.contextmanager
+def killed_after_epoch(monkeypatch, epoch: int):
+    """A run inside stops with KeyboardInterrupt (as on Ctrl-C) right after writing its resume state
+    for `epoch` (0-based); the interrupt is expected, and the real save_resume is back afterwards."""
+    import training
+
+    real = training.save_resume
+
+    def save_then_stop(path, model, optimizer, done, *args):
+        real(path, model, optimizer, done, *args)
+        if done == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_resume", save_then_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(training, "save_resume", real)

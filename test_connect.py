@@ -15,7 +15,7 @@ import fit_curve
 import plot
 import train_ae
 import training
-from conftest import tiny_args
+from conftest import killed_after_epoch, tiny_args
 from files import UserError, load_ae, load_checkpoint, save_checkpoint, load_curve
 
 HERE = Path(__file__).parent
@@ -171,15 +171,7 @@ def test_arclength_fit_is_recorded_follows_its_sampler_and_resumes_exactly(endpo
     middle = lambda path: torch.cat([v.reshape(-1) for k, v in load_curve(path)[0].state_dict().items() if k.endswith("_1")])  # noqa: E731
     assert not torch.equal(middle(tmp_path / "whole.pt"), middle(tmp_path / "uniform.pt"))
 
-    real_save = training.save_resume
-
-    def stop_after_epoch_1(path, model, optimizer, epoch, *args):
-        real_save(path, model, optimizer, epoch, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "save_resume", stop_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 0):
         fit_curve.main([*arc, "--out", str(tmp_path / "split.pt")])
-    monkeypatch.setattr(training, "save_resume", real_save)
     fit_curve.main([*arc, "--out", str(tmp_path / "split.pt"), "--resume"])
     assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "split.pt").read_bytes()

@@ -10,7 +10,7 @@ import ae
 import data
 import train_ae
 import training
-from conftest import tiny_args
+from conftest import killed_after_epoch, tiny_args
 from files import UserError, load_ae
 
 
@@ -178,17 +178,8 @@ def test_resume_mid_decay_gives_the_uninterrupted_weights(tmp_path, monkeypatch,
     """Killed after epoch 3 of 4 (the rate is falling), --resume ends on the same bytes as one run."""
     flags = ["--schedule", schedule, *tiny_args(tmp_path, **{"--epochs": 4})]
     train_ae.main([*flags, "--out", str(tmp_path / "whole.pt")])
-    real_save = training.save_resume
-
-    def stop_after_epoch_3(path, model, optimizer, epoch, *args):
-        real_save(path, model, optimizer, epoch, *args)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "save_resume", stop_after_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 2):
         train_ae.main([*flags, "--out", str(tmp_path / "split.pt")])
-    monkeypatch.setattr(training, "save_resume", real_save)
     assert not (tmp_path / "split.pt").exists()
     train_ae.main([*flags, "--out", str(tmp_path / "split.pt"), "--resume"])
     assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "split.pt").read_bytes()
@@ -198,16 +189,8 @@ def test_resume_with_other_epochs_is_refused(tmp_path, monkeypatch):
     """The schedule depends on the total number of steps, so a resume must keep --epochs."""
     flags = tiny_args(tmp_path, **{"--epochs": 3})
     out = str(tmp_path / "a.pt")
-    real_save = training.save_resume
-
-    def stop(path, model, optimizer, epoch, *args):
-        real_save(path, model, optimizer, epoch, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "save_resume", stop)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 0):
         train_ae.main([*flags, "--out", out])
-    monkeypatch.setattr(training, "save_resume", real_save)
     with pytest.raises(UserError, match="different settings.*epochs"):
         train_ae.main([*tiny_args(tmp_path, **{"--epochs": 5}), "--out", out, "--resume"])
 
