@@ -147,6 +147,17 @@ def load_split(config: dict, split: str, progress: bool = True) -> torch.Tensor:
     return images
 
 
+def validation_images(config: dict, count: int) -> tuple[torch.Tensor, str]:
+    """The first `count` images of the validation split, for choices that must never see the test
+    split, and where they came from: a folder tree has no validation part ('valid' is its test
+    split), so its last `count` training images are carved off instead."""
+    if _validated(config)["dataset"] == "folder":
+        train = load_split(config, "train")
+        return train[-count:], f"the last {min(count, len(train))} training images (a folder tree has no validation split)"
+    valid = load_split(config, "valid")[:count]
+    return valid, f"the first {len(valid)} images of the validation split"
+
+
 def batches(images: torch.Tensor, batch_size: int, *, shuffle: bool = False,
             generator: torch.Generator | None = None, device: torch.device | str = "cpu",
             drop_last: bool = False, memory_format: torch.memory_format = torch.contiguous_format,

@@ -32,13 +32,25 @@ Diversity, next to every ensemble: the mean over pairs of members of the mean sq
 per pixel between their test reconstructions, and the mean pairwise cosine similarity and RMS
 distance of their flattened weight vectors (Fort et al. 2019). Averaging the members' latent
 codes is not reported: independently trained encoders share no coordinates.
+Chosen ensembles (--select; Fort et al. 2019 ask which members make the best ensemble): from a
+pool of the endpoints, the curve at --pool-points values of t and the FGE members, K = --k
+members are chosen on validation images alone (the dataset's validation split; a folder tree's
+last training images), then scored on the test images: uniform (evenly spaced t, as above),
+greedy (each step adds the member that lowers the ensemble's validation loss most), diversity
+(each step adds the member maximising -loss/L0 + lambda * mean disagreement with those chosen/D0,
+for every --lambdas; L0 and D0 are the pool's mean validation loss and MSE, so lambda is unitless).
+Differences to uniform are paired over the test images.
+
 Writes <out>/ensemble.json (format aemc-ensemble-v1, with a Table-1-like list of rows),
-<out>/members.png (loss, MSE, PSNR vs members per method) and <out>/fig2c.png.
+<out>/members.png (loss, MSE, PSNR vs members per method), <out>/fig2c.png, the FGE members as
+autoencoder checkpoints <out>/fge/member<N>.pt, and with --select <out>/selection.png (test loss
+against diversity of every chosen ensemble, uniform and the independent endpoints marked).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 import time
 from pathlib import Path
@@ -58,8 +70,8 @@ import cli  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
 import training  # noqa: E402
-from eval_curve import newest_curve, target_features  # noqa: E402
-from files import UserError, ensure_dir, file_sha256, load_ae, load_curve, save_figure, write_json  # noqa: E402
+from eval_curve import newest_curve, paired_se, target_features  # noqa: E402
+from files import UserError, ensure_dir, file_sha256, load_ae, load_curve, save_ae, save_figure, write_json  # noqa: E402
 
 ENSEMBLE_FORMAT = "aemc-ensemble-v1"
 DEFINITION = ("ensemble reconstruction = mean of the members' reconstructions; its loss is the group's loss (and MSE) of "
@@ -78,6 +90,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="endpoint that FGE, SSE and longer training start from (default: the first of --endpoints)")
     p.add_argument("--points", type=cli.at_least_two, default=21, help="values of t in [0, 1] for Figure 2c")
     p.add_argument("--k", type=cli.at_least_two, default=5, help="points on the curve for its ensemble, at t = i/(k-1), ends included")
+    p.add_argument("--select", nargs="+", choices=SELECTIONS, default=(), metavar="RULE",
+                   help="also choose --k members from a pool (the endpoints, the curve at --pool-points values of t, the FGE "
+                        "members) on validation images only, then score them on test: uniform (evenly spaced t, ends incl.), "
+                        "greedy (add the member that lowers the ensemble's validation loss most), diversity (add the member "
+                        "maximising -loss/L0 + lambda * mean disagreement with the chosen/D0, for each --lambdas); "
+                        f"choose from {', '.join(SELECTIONS)} (default: none)%(default).0s")
+    p.add_argument("--lambdas", type=cli.nonnegative_float, nargs="+", default=[0.1, 0.3, 1.0, 3.0, 10.0], metavar="LAMBDA",
+                   help="weights of diversity for --select diversity (unitless: L0 and D0 are the pool's mean validation "
+                        "loss and MSE)")
+    p.add_argument("--pool-points", type=cli.at_least_two, default=11, help="the curve's points in the pool: t = i/(n-1)")
+    p.add_argument("--valid-images", type=cli.positive_int, default=500,
+                   help="validation images the selection sees (a folder tree has none: its last training images are used)")
     p.add_argument("--fge-cycles", type=cli.positive_int, default=4, help="FGE cycles (= models collected)")
     p.add_argument("--cycle", type=cli.positive_float, default=2.0, help="cycle length in epochs (rounded to an even number of steps)")
     p.add_argument("--cycle-steps", type=cli.positive_int, default=None, help="cycle length in steps (even); overrides --cycle")
@@ -171,10 +195,22 @@ def image_losses(recon: torch.Tensor, images: torch.Tensor, loss_fn: Callable, *
 def member(model: nn.Module, ev: dict) -> dict:
     """One member: BatchNorm statistics recomputed on ev['bn_images'], then its test
     reconstructions, mean test loss and MSE, and flat weights."""
+    return scored(with_bn(model, ev), ev)
+
+
+@torch.no_grad()
+def with_bn(model: nn.Module, ev: dict) -> nn.Module:
+    """`model` on ev's device with its BatchNorm statistics recomputed on ev['bn_images'] (in place)."""
+    model = model.to(ev["device"], memory_format=CHANNELS_LAST)
+    curves.update_bn(model, data.batches(ev["bn_images"], ev["batch_size"], device=ev["device"], memory_format=CHANNELS_LAST))
+    return model
+
+
+@torch.no_grad()
+def scored(model: nn.Module, ev: dict) -> dict:
+    """A model as a member: its reconstructions of ev['images'], their mean loss and MSE, its flat weights."""
     batch_size, device = ev["batch_size"], ev["device"]
-    model = model.to(device, memory_format=CHANNELS_LAST)
-    curves.update_bn(model, data.batches(ev["bn_images"], batch_size, device=device, memory_format=CHANNELS_LAST))
-    model.eval()
+    model = model.to(device, memory_format=CHANNELS_LAST).eval()
     recon = torch.cat([model(x) for x in data.batches(ev["images"], batch_size, device=device, memory_format=CHANNELS_LAST)])
     losses = image_losses(recon, ev["images"], ev["loss_fn"], batch_size=batch_size, device=device, features=ev["features"])
     return {"recon": recon, "weights": flat_weights(model), "test_loss": losses["loss"].double().mean().item(),
@@ -205,14 +241,18 @@ class Ensemble:
         self.member_mse.append(m["test_mse"])
         return self
 
+    def image_values(self, ev: dict) -> dict[str, torch.Tensor]:
+        """Per-image loss and MSE of the ensemble's reconstructions of ev['images']."""
+        if self.size == 0:
+            raise ValueError("an ensemble needs at least one member")
+        return image_losses(self.recon_sum / self.size, ev["images"], ev["loss_fn"], batch_size=ev["batch_size"],
+                            device=ev["device"], features=ev["features"])
+
     def score(self, ev: dict) -> dict:
         """Test loss, MSE (mean and standard error over images) and PSNR of the ensemble, its
         members' mean loss and MSE, and the members' diversity (None for a single member)."""
         n = self.size
-        if n == 0:
-            raise ValueError("an ensemble needs at least one member")
-        values = image_losses(self.recon_sum / n, ev["images"], ev["loss_fn"], batch_size=ev["batch_size"], device=ev["device"],
-                              features=ev["features"])
+        values = self.image_values(ev)
         loss, loss_se = training.mean_and_se(values["loss"])
         sq, sq_se = training.mean_and_se(values["mse"])
         out = {"members": n, "test_loss": loss, "test_loss_se": loss_se, "test_mse": sq, "test_mse_se": sq_se,
@@ -272,13 +312,17 @@ def curve_ensembles(net: curves.CurveNet, k: int, ends: tuple[dict, dict], budge
 
 
 def cyclic_ensemble(name: str, start: nn.Module, train_images: torch.Tensor, loss_fn: Callable, *, steps: int,
-                    lr_at: Callable[[int], float], collect_at: Callable[[int], bool], budget: float, fit: dict, ev: dict) -> dict:
+                    lr_at: Callable[[int], float], collect_at: Callable[[int], bool], budget: float, fit: dict, ev: dict,
+                    keep: list | None = None) -> dict:
     """Train a copy of `start` for `steps` iterations, adding each collected model to a growing
-    ensemble that is scored right away (per-cycle print)."""
+    ensemble that is scored right away (per-cycle print); `keep` receives (iteration, model) of each."""
     model, ens, growth, collected = copy.deepcopy(start), Ensemble(), [], []
 
     def on_collect(i: int, live: nn.Module) -> None:
-        m = member(copy.deepcopy(live), ev)
+        snapshot = copy.deepcopy(live)
+        m = member(snapshot, ev)
+        if keep is not None:
+            keep.append((i, snapshot.cpu()))
         growth.append({**ens.add(m).score(ev), "iteration": i, "lr": lr_at(i), "budget_epochs": budget})
         collected.append(i)
         g = growth[-1]
@@ -289,6 +333,164 @@ def cyclic_ensemble(name: str, start: nn.Module, train_images: torch.Tensor, los
                         desc=name, **fit)
     return {"label": METHODS.get(name, name), "collected_at": collected, "lr_at_collection": [rates[i - 1] for i in collected],
             "lr_min": min(rates), "lr_max": max(rates), "growth": growth}
+
+
+# ---------------------------------------------------------------- ensembles chosen from a pool
+
+SELECTIONS = ("uniform", "greedy", "diversity")
+
+
+def pool_ts(points: int, k: int) -> list[float]:
+    """The curve's values of t in the pool: t = i/(points-1) and uniform's t = i/(k-1), ends excluded
+    (the ends are the endpoints, which join the pool themselves)."""
+    ts = {round(i / (points - 1), 12) for i in range(1, points - 1)} | {round(i / (k - 1), 12) for i in range(1, k - 1)}
+    return sorted(ts)
+
+
+def pairwise_disagreement(recons: list[torch.Tensor]) -> np.ndarray:
+    """Mean squared difference per pixel between every two members' reconstructions of the same images."""
+    n = len(recons)
+    out = np.zeros((n, n))
+    for i, j in itertools.combinations(range(n), 2):
+        d = torch.linalg.vector_norm(recons[i] - recons[j], dtype=torch.float64).item() ** 2 / recons[i].numel()
+        out[i, j] = out[j, i] = d
+    return out
+
+
+def select_members(single: list[float], ensemble_loss: Callable[[tuple[int, ...]], float], disagreement: np.ndarray,
+                   k: int, lam: float, scale: tuple[float, float]) -> list[int]:
+    """k distinct pool members, chosen forward: first the member of lowest validation loss, then at
+    each step the candidate c maximising -loss(S + c) / L0 + lam * mean_{j in S} d(c, j) / D0, where
+    (L0, D0) = `scale` make lam unitless; lam = 0 is plain greedy. Ties go to the lower index."""
+    chosen = [int(np.argmin(single))]
+    loss_scale, div_scale = scale
+    while len(chosen) < min(k, len(single)):
+        def gain(c: int) -> float:
+            return -ensemble_loss(tuple(sorted([*chosen, c]))) / loss_scale + lam * disagreement[c, chosen].mean() / div_scale
+        candidates = [c for c in range(len(single)) if c not in chosen]
+        chosen.append(max(candidates, key=lambda c: (gain(c), -c)))
+    return chosen
+
+
+def build_pool(net: curves.CurveNet, curve_ends: list[str], endpoint_models: dict, fge_models: list, ts: list[float], ev: dict,
+               valid_ev: dict) -> list[dict]:
+    """The candidates: the endpoints, the curve at `ts` (and at an end that is not among the
+    endpoints), the FGE members; each with BatchNorm recomputed once, its validation reconstructions
+    and loss, and its model (kept to score it on test later). A member's `at` is its t on the curve."""
+    ends = {Path(p).resolve(): float(t) for t, p in enumerate(curve_ends)}
+    models = [(f"endpoint {Path(p).stem}", "endpoint", ends.get(Path(p).resolve()), copy.deepcopy(m)) for p, m in endpoint_models.items()]
+    missing = sorted(set(ends.values()) - {m[2] for m in models})
+    models += [(f"curve t={t:.3f}", "curve", t, net.export(t)) for t in sorted([*missing, *ts])]
+    models += [(f"FGE {n + 1} (iteration {i})", "fge", None, copy.deepcopy(m)) for n, (i, m) in enumerate(fge_models)]
+    pool = []
+    for name, kind, where, model in tqdm(models, desc="selection pool", leave=False, disable=None, dynamic_ncols=True):
+        model = with_bn(model, ev)
+        valid = scored(model, valid_ev)
+        pool.append({"name": name, "kind": kind, "at": where, "model": model.cpu(), "valid": valid})
+    return pool
+
+
+def selections(pool: list[dict], k: int, rules: list[str], lambdas: list[float], uniform_t: list[float], ev: dict,
+               valid_ev: dict) -> dict:
+    """Ensembles of k pool members chosen on the validation images alone by each rule, then scored on
+    the test images, with the independent endpoints for reference; differences to uniform are paired over test images."""
+    recons = [m["valid"]["recon"] for m in pool]
+    single = [m["valid"]["test_loss"] for m in pool]  # member() names its images' loss test_loss; here they are validation images
+    memo: dict[tuple[int, ...], float] = {}
+
+    def valid_loss(members: tuple[int, ...]) -> float:
+        if members not in memo:
+            memo[members] = ensemble_of([pool[i]["valid"] for i in members]).image_values(valid_ev)["loss"].double().mean().item()
+        return memo[members]
+
+    disagreement = pairwise_disagreement(recons)
+    scale = (float(np.mean(single)), float(np.mean([m["valid"]["test_mse"] for m in pool])))
+    chosen = {}
+    if "uniform" in rules:
+        at = {round(m["at"], 12): i for i, m in enumerate(pool) if m["kind"] in ("curve", "endpoint") and m["at"] is not None}
+        chosen["uniform"] = [at[round(t, 12)] for t in uniform_t]
+    chosen["independent"] = [i for i, m in enumerate(pool) if m["kind"] == "endpoint"]
+    if "greedy" in rules:
+        chosen["greedy"] = select_members(single, valid_loss, disagreement, k, 0.0, scale)
+    if "diversity" in rules:
+        for lam in lambdas:
+            chosen[f"diversity lambda={lam:g}"] = select_members(single, valid_loss, disagreement, k, lam, scale)
+
+    test_members: dict[int, dict] = {}
+    def test_member(i: int) -> dict:
+        if i not in test_members:
+            test_members[i] = scored(pool[i]["model"], ev)
+        return test_members[i]
+
+    rows, per_image = {}, {}
+    for label, members in tqdm(chosen.items(), desc="scoring selections", leave=False, disable=None, dynamic_ncols=True):
+        ens = ensemble_of([test_member(i) for i in members])
+        per_image[label] = ens.image_values(ev)["loss"].double().numpy()
+        pairs = list(itertools.combinations(members, 2))
+        rows[label] = {**ens.score(ev), "members_chosen": [pool[i]["name"] for i in members], "indices": members,
+                       "valid_loss": valid_loss(tuple(sorted(members))),
+                       "valid_diversity": float(np.mean([disagreement[i, j] for i, j in pairs])) if pairs else None}
+    for label, row in rows.items():
+        if "uniform" in rows and label != "uniform":
+            diff = per_image[label] - per_image["uniform"]
+            row["vs_uniform"] = {"diff": float(diff.mean()), "se": paired_se(diff)}
+    diverse = [label for label in rows if label.startswith("diversity")]
+    best = min(diverse, key=lambda label: rows[label]["valid_loss"]) if diverse else None
+    return {"rules": rules, "k": k, "lambdas": lambdas if "diversity" in rules else [], "scale": {"loss": scale[0], "disagreement": scale[1]},
+            "objective": "-loss(S+c)/L0 + lambda * mean disagreement(c, S)/D0; L0, D0: the pool's mean validation loss and MSE",
+            "pool": [{"name": m["name"], "kind": m["kind"], "at": m["at"], "valid_loss": m["valid"]["test_loss"],
+                      "valid_mse": m["valid"]["test_mse"]} for m in pool],
+            "valid_disagreement": disagreement.tolist(), "ensembles": rows, "chosen_lambda_label": best,
+            "chosen_by": "the diversity ensemble of lowest validation loss"}
+
+
+def save_fge_members(folder: Path, models: list, start_config: dict, start: str, start_epochs: float, per_epoch: int) -> list[Path]:
+    """The FGE members as autoencoder checkpoints (BatchNorm recomputed), for function_space.py and
+    any script that takes an endpoint; their config says where they came from."""
+    paths = []
+    for n, (i, model) in enumerate(models):
+        config = {**start_config, "epochs": start_epochs + i / per_epoch, "fge_member": {"from": start, "index": n, "iteration": i}}
+        paths.append(save_ae(ensure_dir(folder) / f"member{n + 1}.pt", model, config, {}))
+    return paths
+
+
+def draw_selection(result: dict) -> plt.Figure:
+    """Test loss against test diversity of every selected ensemble: the trade-off curve over lambda,
+    with greedy, uniform and the independent endpoints marked."""
+    sel = result["selection"]
+    rows = sel["ensembles"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    diverse = [(float(label.split("=")[1]), row) for label, row in rows.items() if label.startswith("diversity")]
+    if diverse:
+        xs, ys = [r["diversity"] for _, r in diverse], [r["test_loss"] for _, r in diverse]
+        ax.errorbar(xs, ys, yerr=[r["test_loss_se"] for _, r in diverse], fmt="o-", color="C2", capsize=2,
+                    label=f"diversity, lambda = {', '.join(f'{lam:g}' for lam, _ in diverse)}")
+        for (lam, _), x, y in zip(diverse, xs, ys):
+            ax.annotate(f"{lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    marks = {"greedy": ("s", "C1", "greedy"), "uniform": ("*", "C0", f"uniform t (K={sel['k']})"),
+             "independent": ("^", "C3", "independent endpoints")}
+    for label, (marker, colour, text) in marks.items():
+        if label in rows and rows[label]["diversity"] is not None:
+            r = rows[label]
+            ax.errorbar([r["diversity"]], [r["test_loss"]], yerr=[r["test_loss_se"]], fmt=marker, color=colour, ms=10, capsize=2,
+                        label=f"{text} ({r['members']} members)")
+    ax.set_xlabel("diversity: mean sq. difference per pixel between members (test)")
+    ax.set_ylabel(f"ensemble test {result['loss']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{result['loss']} autoencoders: ensembles of K={sel['k']} chosen on validation images")
+    fig.tight_layout()
+    return fig
+
+
+def print_selection(sel: dict) -> None:
+    print(f"\nensembles of {sel['k']} chosen from a pool of {len(sel['pool'])} on validation images, scored on test:")
+    print(f"{'rule':24} {'valid loss':>10} {'test loss':>10} {'+-':>8} {'diversity':>10} {'vs uniform':>18}")
+    for label, r in sel["ensembles"].items():
+        vs = r.get("vs_uniform")
+        vs = f"{vs['diff']:+.2e}+-{vs['se']:.1e}" if vs else "-"
+        div = "-" if r["diversity"] is None else f"{r['diversity']:.3g}"
+        print(f"{label:24} {r['valid_loss']:10.5f} {r['test_loss']:10.5f} {r['test_loss_se']:8.1e} {div:>10} {vs:>18}")
 
 
 # ---------------------------------------------------------------- input checks, budgets, figures
@@ -468,8 +670,9 @@ def main(argv: list[str] | None = None) -> dict:
     fit = {"batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "device": device, "precision": precision}
     start_model = start_model.to(device, memory_format=CHANNELS_LAST)
     cyclic = {"train_images": train_images, "loss_fn": loss_fn, "steps": steps, "budget": budget["fge"]["epochs"], "fit": fit, "ev": ev}
+    fge_models: list = []
     methods["fge"] = cyclic_ensemble("fge", start_model, lr_at=lambda i: fge_lr(i, cycle, lr1, lr2),
-                                     collect_at=lambda i: fge_collects(i, cycle), **cyclic)
+                                     collect_at=lambda i: fge_collects(i, cycle), keep=fge_models, **cyclic)
     if not args.no_sse:
         methods["sse"] = cyclic_ensemble("sse", start_model, lr_at=lambda i: sse_lr(i, cycle, lr1),
                                          collect_at=lambda i: i % cycle == 0, **cyclic)
@@ -487,15 +690,34 @@ def main(argv: list[str] | None = None) -> dict:
                                    "batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "precision": precision,
                                    "sse": not args.no_sse, "longer_lr": start_lr}},
               "budget": budget, "fig2c": fig2c, "methods": methods, "table": table_rows(methods), "seconds": time.time() - t0}
-    files = {"members_png": "members.png", "fig2c_png": "fig2c.png"}
-    for key, draw in (("members_png", draw_members), ("fig2c_png", draw_fig2c)):
+    fge_files = save_fge_members(out / "fge", fge_models, start_cfg, str(fge_path), start_epochs, per_epoch)
+    files = {"members_png": "members.png", "fig2c_png": "fig2c.png", "fge_members": [p.relative_to(out).as_posix() for p in fge_files]}
+    drawn = [("members_png", draw_members), ("fig2c_png", draw_fig2c)]
+    if args.select:
+        valid_images, source = data.validation_images(data_cfg, args.valid_images)
+        valid_ev = {**ev, "images": valid_images,
+                    "features": target_features(loss_fn, {"valid": valid_images}, args.eval_batch_size, device)["valid"]}
+        pool = build_pool(net, [e["path"] for e in config["endpoints"]], {str(p): loaded[str(p)][0] for p in endpoint_paths},
+                          fge_models, pool_ts(args.pool_points, args.k), ev, valid_ev)
+        uniform_t = [i / (args.k - 1) for i in range(args.k)]
+        result["selection"] = {**selections(pool, args.k, list(args.select), args.lambdas, uniform_t, ev, valid_ev),
+                               "valid_images": len(valid_images), "valid_source": source,
+                               "budget_epochs": budget["endpoints"]["epochs"] + curve_parts[-1]["epochs"] + fge_epochs}
+        del pool
+        drawn.append(("selection_png", draw_selection))
+        files["selection_png"] = "selection.png"
+    result["seconds"] = time.time() - t0
+    for key, draw in drawn:
         fig = draw(result)
         save_figure(fig, out / files[key], dpi=130)
         plt.close(fig)
     result["files"] = files
     write_json(out / "ensemble.json", result)  # last: its presence means the run and its figures are complete
     print_table(result)
-    print(f"\nwrote {out / 'ensemble.json'}, {files['members_png']}, {files['fig2c_png']} ({result['seconds']:.0f}s)")
+    if "selection" in result:
+        print_selection(result["selection"])
+    written = [files[key] for key in ("members_png", "fig2c_png", "selection_png") if key in files]
+    print(f"\nwrote {out / 'ensemble.json'}, {', '.join(written)}, {len(fge_files)} FGE members in {out / 'fge'} ({result['seconds']:.0f}s)")
     return result
 
 

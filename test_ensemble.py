@@ -1,6 +1,7 @@
 """Tests of ensembles along curves and of FGE (ensemble.py)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +17,8 @@ from files import UserError, load_ae
 
 CPU = torch.device("cpu")
 RUN_FLAGS = ["--points", "3", "--k", "3", "--fge-cycles", "2", "--cycle-steps", "4", "--fge-lr1", "3e-3",
-             "--bn-images", "32", "--test-images", "12", "--eval-batch-size", "64"]
+             "--bn-images", "32", "--test-images", "12", "--eval-batch-size", "64",
+             "--select", "uniform", "greedy", "diversity", "--lambdas", "0.5", "50", "--pool-points", "5", "--valid-images", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +172,64 @@ def test_bad_input_is_refused_in_one_line(curve, endpoints, tmp_path):
     with pytest.raises(UserError, match="repeats"):
         ensemble.main([*base, "--endpoints", str(endpoints[0]), str(endpoints[0])])
     assert not (tmp_path / "e").exists()
+
+
+def test_greedy_takes_the_best_member_then_the_lowest_ensemble_loss_and_lambda_buys_diversity():
+    single = [1.0, 1.2, 1.1, 1.3]
+    loss = lambda members: float(np.mean([single[i] for i in members]))  # noqa: E731  (no gain from ensembling)
+    d = np.zeros((4, 4))
+    d[0, 1], d[0, 2], d[0, 3] = 0.2, 0.1, 0.5
+    d = d + d.T
+    # after member 0: gain(c) = -loss({0, c}) + lambda d(0, c): c=2 gives -1.05 + 0.1 lambda, c=3 gives -1.15 + 0.5 lambda,
+    # c=1 gives -1.1 + 0.2 lambda, so 2 wins below lambda = 0.25 and 3 above it
+    assert ensemble.select_members(single, loss, d, 2, 0.0, (1.0, 1.0)) == [0, 2]
+    assert ensemble.select_members(single, loss, d, 2, 0.2, (1.0, 1.0)) == [0, 2]
+    assert ensemble.select_members(single, loss, d, 2, 0.3, (1.0, 1.0)) == [0, 3]
+    # a loss scale of 2 halves the loss term: the break-even lambda falls to 0.125
+    assert ensemble.select_members(single, loss, d, 2, 0.2, (2.0, 1.0)) == [0, 3]
+    assert len(set(ensemble.select_members(single, loss, d, 4, 0.3, (1.0, 1.0)))) == 4  # members are distinct
+    assert ensemble.pool_ts(5, 4) == pytest.approx([0.25, 1 / 3, 0.5, 2 / 3, 0.75])  # uniform's t are in the pool
+
+
+def test_selection_uses_validation_images_only_and_uniform_is_the_curve_ensemble(run, curve, endpoints, tmp_path, monkeypatch):
+    out, result = run
+    sel = result["selection"]
+    rows = sel["ensembles"]
+    assert set(rows) == {"uniform", "independent", "greedy", "diversity lambda=0.5", "diversity lambda=50"}
+    assert rows["uniform"]["members_chosen"] == ["endpoint mse_s0", "curve t=0.500", "endpoint mse_s1"]
+    # uniform K=3 is the curve ensemble at t = 0, 1/2, 1, computed by the other code path
+    assert rows["uniform"]["test_loss"] == pytest.approx(result["methods"]["curve"]["growth"][-1]["test_loss"], rel=1e-5)
+    for label, row in rows.items():
+        assert row["members"] == len(set(row["members_chosen"]))
+        if label != "uniform":  # the paired difference is the difference of the means
+            assert row["vs_uniform"]["diff"] == pytest.approx(row["test_loss"] - rows["uniform"]["test_loss"], rel=1e-6, abs=1e-12)
+    assert rows["diversity lambda=50"]["valid_diversity"] >= rows["greedy"]["valid_diversity"]
+    assert sel["valid_images"] == 10 and "validation split" in sel["valid_source"]
+    with Image.open(out / result["files"]["selection_png"]) as png:
+        assert png.format == "PNG"
+
+    real = data.load_split  # the same run with the test split replaced by noise: the same members are chosen
+
+    def noisy_test(config, split, progress=True):
+        images = real(config, split, progress)
+        return torch.randint(0, 256, images.shape, generator=torch.Generator().manual_seed(5), dtype=torch.uint8) if split == "test" else images
+
+    monkeypatch.setattr(data, "load_split", noisy_test)
+    again = ensemble.main(["--ckpt", str(curve), "--endpoints", *map(str, endpoints), *RUN_FLAGS, "--out", str(tmp_path / "noisy")])
+    for label, row in again["selection"]["ensembles"].items():
+        assert row["members_chosen"] == rows[label]["members_chosen"], label
+        assert row["valid_loss"] == rows[label]["valid_loss"]
+        assert row["test_loss"] != pytest.approx(rows[label]["test_loss"], rel=1e-3)  # ... but scored on other images
+
+
+def test_fge_members_are_saved_as_checkpoints_that_score_as_collected(run, tiny):
+    out, result = run
+    _, ev = tiny
+    growth = result["methods"]["fge"]["growth"]
+    assert result["files"]["fge_members"] == ["fge/member1.pt", "fge/member2.pt"]
+    for n, name in enumerate(result["files"]["fge_members"]):
+        model, ckpt = load_ae(out / name)
+        assert ckpt["config"]["fge_member"] == {"from": result["fge_from"], "index": n, "iteration": [2, 6][n]}
+        # member n's own test loss: the growth records the running mean of the members' losses
+        own = (n + 1) * growth[n]["member_test_loss"] - n * (growth[n - 1]["member_test_loss"] if n else 0)
+        assert ensemble.member(model, ev)["test_loss"] == pytest.approx(own, rel=1e-5)
