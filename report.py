@@ -586,7 +586,45 @@ def ensembles_section(ensembles: list[dict], report_dir: Path) -> str:
         for key, caption in (("members_png", "ensembles vs members"), ("fig2c_png", "Figure 2c: {phi(0), phi(t)} vs phi(t)")):
             png = path.with_name(e["files"][key])
             text += [link(png, report_dir, f"{e['loss']}: {caption}"), ""] if png.exists() else []
+        if e.get("selection"):
+            text += selection_text(e, report_dir)
     return "\n".join(text)
+
+
+def against_uniform(row: dict, uniform: dict) -> str:
+    """A chosen ensemble's test loss against uniform's, paired over test images, in words and numbers."""
+    vs = row["vs_uniform"]
+    word = "lower" if vs["diff"] < 0 else "higher"
+    if not significant(abs(vs["diff"]), vs["se"]):
+        word = "no different (within 2 SE)"
+    return f"{word}: {with_se(vs['diff'], vs['se'])} ({pct(vs['diff'] / uniform['test_loss'])})"
+
+
+def selection_text(e: dict, report_dir: Path) -> list[str]:
+    """Ensembles chosen on validation images (ensemble.py --select): a table and whether diversity beats uniform t."""
+    sel, path = e["selection"], Path(e["_path"])
+    rows = sel["ensembles"]
+    header = ["rule", "members", "validation loss", "test loss", "test diversity", "test loss − uniform's (paired)"]
+    body = [[label, ", ".join(r["members_chosen"]), f"{r['valid_loss']:.4g}", with_se(r["test_loss"], r["test_loss_se"]),
+             "–" if r["diversity"] is None else f"{r['diversity']:.3g}",
+             with_se(r["vs_uniform"]["diff"], r["vs_uniform"]["se"]) if "vs_uniform" in r else "–"] for label, r in rows.items()]
+    text = ["", f"#### Ensembles of {sel['k']} chosen for diversity", "",
+            f"Chosen from a pool of {len(sel['pool'])} networks (the endpoints, the curve at {sum(m['kind'] == 'curve' for m in sel['pool'])} "
+            f"values of t, {sum(m['kind'] == 'fge' for m in sel['pool'])} FGE members) on {sel['valid_source']}; the test images "
+            f"only score the result. Objective: {sel['objective']}.", "", table(header, body), ""]
+    uniform = rows.get("uniform")
+    if uniform:
+        said = []
+        if sel.get("chosen_lambda_label"):
+            said.append(f"Chosen for diversity ({sel['chosen_lambda_label']}, the lambda of lowest validation loss), the ensemble's test "
+                        f"loss is {against_uniform(rows[sel['chosen_lambda_label']], uniform)} than evenly spaced t at the same K")
+        if "greedy" in rows:
+            said.append(f"greedy is {against_uniform(rows['greedy'], uniform)}")
+        said.append(f"the {rows['independent']['members']} independent endpoints are {against_uniform(rows['independent'], uniform)}")
+        text += ["; ".join(said) + ".", ""]
+    png = path.with_name(e["files"].get("selection_png", "selection.png"))
+    text += [link(png, report_dir, f"{e['loss']}: test loss against diversity of the chosen ensembles"), ""] if png.exists() else []
+    return text
 
 
 def load_planes(study: dict, study_dir: Path) -> list[dict]:

@@ -48,6 +48,7 @@ PRESETS = {
         "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "precision": "auto", "num_points": 31, "bn_images": 200,
         "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
+        "select": ["uniform", "greedy", "diversity"], "valid_images": 200,
         "arclength": {"mse": True, "perceptual": False}, "aligned_curves": False,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False},
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
@@ -58,6 +59,7 @@ PRESETS = {
         "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "precision": "auto", "num_points": 61, "bn_images": 5000, "train_images": 5000,
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
+        "select": ["uniform", "greedy", "diversity"], "valid_images": 500,
         "arclength": True, "aligned_curves": True,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True,
         "plane_grid": 21,
@@ -107,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble-points", type=cli.at_least_two, default=None, help=preset_help("ensemble_points", "values of t of Figure 2c"))
     p.add_argument("--sse", action=argparse.BooleanOptionalAction, default=None,
                    help=preset_help("sse", "also fit a snapshot ensemble as a baseline (--no-sse skips it)"))
+    p.add_argument("--select", nargs="+", choices=ensemble.SELECTIONS, default=None, metavar="RULE", help=preset_help(
+        "select", "rules choosing --ensemble-k members from the ensemble step's pool on validation images (ensemble.py --select)"))
+    p.add_argument("--valid-images", type=cli.positive_int, default=None,
+                   help=preset_help("valid_images", "validation images the ensemble selection sees"))
     p.add_argument("--ensemble-losses", nargs="+", choices=ae.LOSSES, default=None,
                    help=preset_help("ensemble_losses", "loss groups whose first pair gets the ensemble step"))
     p.add_argument("--plane-grid", type=cli.at_least_two, default=None,
@@ -223,7 +229,8 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
         members = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]
         folder = out / "ensembles" / f"{loss}_{curve}"
-        argv = ["--ckpt", ckpt, "--endpoints", *members, "--k", s["ensemble_k"], "--points", s["ensemble_points"],
+        select = ["--select", *s["select"], "--pool-points", s["ensemble_points"], "--valid-images", s["valid_images"]] if s["select"] else []
+        argv = ["--ckpt", ckpt, "--endpoints", *members, "--k", s["ensemble_k"], "--points", s["ensemble_points"], *select,
                 "--fge-cycles", s["fge_cycles"], "--cycle", s["fge_cycle"], "--precision", precision[loss], *([] if s["sse"] else ["--no-sse"]), "--bn-images", s["bn_images"], "--test-images", s["test_images"],
                 *vgg_file_flag(vgg), *device, "--out", folder]
         steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "main": ensemble.main, "argv": argv,

@@ -72,6 +72,9 @@ def test_report_has_every_table_and_figure(study):
     objectives = text[text.index("## Objectives"):text.index("## Ensembles")]
     assert "| mse | seeds 0–1 | uniform |" in objectives and "| mse | seeds 0–1 | arclength |" in objectives
     assert re.search(r"arc-length objective's curve has max test loss \d\.\d{3}× the uniform", objectives)
+    chosen = text[text.index("#### Ensembles of 3 chosen for diversity"):]
+    assert "on the first 9 images of the validation split" in chosen  # 48 // 5 = 9 valid images and "| greedy |" in chosen and "| uniform |" in chosen
+    assert re.search(r"greedy is (lower|higher|no different \(within 2 SE\)): [-\d.e]+ ± ", chosen)
 
 
 def test_second_run_skips_everything(study, capsys):
