@@ -465,8 +465,11 @@ def draw_selection(result: dict) -> plt.Figure:
         xs, ys = [r["diversity"] for _, r in diverse], [r["test_loss"] for _, r in diverse]
         ax.errorbar(xs, ys, yerr=[r["test_loss_se"] for _, r in diverse], fmt="o-", color="C2", capsize=2,
                     label=f"diversity, lambda = {', '.join(f'{lam:g}' for lam, _ in diverse)}")
+        same: dict[tuple, list[str]] = {}  # lambdas that chose the same members share one label
         for (lam, _), x, y in zip(diverse, xs, ys):
-            ax.annotate(f"{lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            same.setdefault((x, y), []).append(f"{lam:g}")
+        for (x, y), lams in same.items():
+            ax.annotate(", ".join(lams), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     marks = {"greedy": ("s", "C1", "greedy"), "uniform": ("*", "C0", f"uniform t (K={sel['k']})"),
              "independent": ("^", "C3", "independent endpoints")}
     for label, (marker, colour, text) in marks.items():
@@ -478,7 +481,8 @@ def draw_selection(result: dict) -> plt.Figure:
     ax.set_ylabel(f"ensemble test {result['loss']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{result['loss']} autoencoders: ensembles of K={sel['k']} chosen on validation images")
+    ax.set_title(f"{result['loss']} autoencoders: ensembles of K={sel['k']} chosen on validation images\n"
+                 f"(error bars: SE over test images; paired differences to uniform are in ensemble.json)", fontsize=9)
     fig.tight_layout()
     return fig
 
