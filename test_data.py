@@ -1,5 +1,6 @@
 """Tests of data.py on tiny generated data: fake CelebA trees, image folders and synthetic faces."""
 import argparse
+import hashlib
 import json
 
 import numpy as np
@@ -162,6 +163,23 @@ def test_synthetic_faces_are_a_pure_function_of_seed_and_index():
     assert torch.equal(data.synthetic_faces(50, 20, seed=3), block[50:70])
     other = data.synthetic_faces(0, 80, seed=4)
     assert (other.float() - block.float()).abs().mean() > 20
+
+
+# SHA-256 of the uint8 bytes of synthetic_faces(start, count, seed), computed with the drawing code
+# as it was at commit d924075, before any refactoring: a regression pin. Caches of CACHE_VERSION 1
+# hold these pixels, so if one changes, the drawing changed (bump data.CACHE_VERSION on purpose, then re-pin).
+FACE_HASHES = {
+    (0, 64, 0): "ea5b4354142655aa7c8fda96c225ecf924ae3cbb86da0359154fcb4c7d254318",
+    (10**8, 17, 0): "afc2a502775cca1294e9e76009ae279c4acdff748808d1b2e217cf20783655bc",
+    (2 * 10**8 + 5, 3, 0): "e3af8bbc3a8fc298083bce8b057173f2a380b77d900c9bba0a22940ac12b6466",
+    (1000, 20, 3): "29c22ac34f140c32a730e859ba348d18c134719e619784ac5acfce6fddd96669",
+}
+
+
+@pytest.mark.parametrize("start, count, seed", FACE_HASHES)
+def test_synthetic_faces_pixels_are_pinned(start, count, seed):
+    faces = data.synthetic_faces(start, count, seed)
+    assert hashlib.sha256(faces.numpy().tobytes()).hexdigest() == FACE_HASHES[start, count, seed]
 
 
 def test_synthetic_faces_vary():
