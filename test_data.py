@@ -1,6 +1,5 @@
-"""Tests of data.py on tiny generated data: fake CelebA trees, image folders and synthetic faces."""
+"""Tests of data.py on tiny generated data: fake CelebA trees, image folders and synthetic splits."""
 import argparse
-import hashlib
 import json
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 from PIL import Image
 
 import data
+import faces
 from files import UserError, load_checkpoint, save_checkpoint
 
 CELEBA_PARTS = [0] * 18 + [1] * 6 + [2] * 6  # partition value of each fake CelebA image
@@ -154,43 +154,6 @@ def test_decode_image_crops_the_centre_square(tmp_path):
 
 # ---------------------------------------------------------------- synthetic
 
-def test_synthetic_faces_are_a_pure_function_of_seed_and_index():
-    block = data.synthetic_faces(0, 80, seed=3)
-    assert block.shape == (80, 3, 64, 64) and block.dtype == torch.uint8
-    assert torch.equal(block, data.synthetic_faces(0, 80, seed=3))
-    for i in (0, 1, 63, 64, 79):
-        assert torch.equal(data.synthetic_faces(i, 1, seed=3)[0], block[i])
-    assert torch.equal(data.synthetic_faces(50, 20, seed=3), block[50:70])
-    other = data.synthetic_faces(0, 80, seed=4)
-    assert (other.float() - block.float()).abs().mean() > 20
-
-
-# SHA-256 of the uint8 bytes of synthetic_faces(start, count, seed), computed with the drawing code
-# as it was at commit d924075, before any refactoring: a regression pin. Caches of CACHE_VERSION 1
-# hold these pixels, so if one changes, the drawing changed (bump data.CACHE_VERSION on purpose, then re-pin).
-FACE_HASHES = {
-    (0, 64, 0): "ea5b4354142655aa7c8fda96c225ecf924ae3cbb86da0359154fcb4c7d254318",
-    (10**8, 17, 0): "afc2a502775cca1294e9e76009ae279c4acdff748808d1b2e217cf20783655bc",
-    (2 * 10**8 + 5, 3, 0): "e3af8bbc3a8fc298083bce8b057173f2a380b77d900c9bba0a22940ac12b6466",
-    (1000, 20, 3): "29c22ac34f140c32a730e859ba348d18c134719e619784ac5acfce6fddd96669",
-}
-
-
-@pytest.mark.parametrize("start, count, seed", FACE_HASHES)
-def test_synthetic_faces_pixels_are_pinned(start, count, seed):
-    faces = data.synthetic_faces(start, count, seed)
-    assert hashlib.sha256(faces.numpy().tobytes()).hexdigest() == FACE_HASHES[start, count, seed]
-
-
-def test_synthetic_faces_vary():
-    faces = data.synthetic_faces(1000, 64).float()
-    assert faces.std(dim=0).mean() > 30  # pixels vary across faces, in 0..255 units
-    assert faces.std(dim=(1, 2, 3)).min() > 10  # and within each face
-    flat = faces.flatten(1)
-    distances = torch.cdist(flat, flat) + torch.eye(64) * 1e9
-    assert distances.min() > 100  # no two faces alike
-
-
 def test_synthetic_splits_sizes_caps_and_disjoint(tmp_path):
     config = config_for(tmp_path, "--synthetic-size", "50")
     train, valid, test = (data.load_split(config, split, progress=False) for split in data.SPLITS)
@@ -264,7 +227,7 @@ def test_second_load_reads_the_cache(tmp_path, monkeypatch):
         raise AssertionError("decoded although the cache was valid")
 
     monkeypatch.setattr(data, "decode_image", forbidden)
-    monkeypatch.setattr(data, "synthetic_faces", forbidden)
+    monkeypatch.setattr(faces, "synthetic_faces", forbidden)
     assert torch.equal(data.load_split(celeba, "train", progress=False), first[0])
     assert torch.equal(data.load_split(synthetic, "train", progress=False), first[1])
 
