@@ -1,5 +1,5 @@
-"""Procedural cartoon faces: 64x64 RGB images drawn from a counter-based hash, so face i is a pure
-function of (seed, i), alone or in any block. No I/O; data.py turns index ranges into datasets.
+"""Procedural cartoon faces: 64x64 RGB images and their attributes (hair colour, tilt, smile, ...),
+each a pure function of (seed, index) from a counter-based hash. No I/O; data.py makes datasets of them.
 """
 from __future__ import annotations
 
@@ -10,6 +10,51 @@ import torch
 
 SIZE = 64  # faces are drawn SIZE x SIZE
 
+# the palettes a face's skin, hair and eyes are drawn from (RGB in 0..1), and the names of their entries
+_SKIN = np.array([[0.98, 0.85, 0.75], [0.94, 0.75, 0.62], [0.82, 0.60, 0.45], [0.62, 0.42, 0.29], [0.38, 0.25, 0.17]])
+_HAIR = np.array([[0.07, 0.05, 0.05], [0.22, 0.13, 0.07], [0.42, 0.27, 0.14], [0.82, 0.66, 0.38],
+                 [0.60, 0.25, 0.10], [0.70, 0.70, 0.70], [0.12, 0.10, 0.10], [0.33, 0.20, 0.10]])
+_HAIR_NAMES = ("black", "dark brown", "brown", "blond", "red", "grey", "off-black", "chestnut")
+_IRIS = np.array([[0.35, 0.20, 0.10], [0.18, 0.10, 0.05], [0.25, 0.45, 0.75], [0.30, 0.50, 0.30],
+                 [0.45, 0.50, 0.55], [0.50, 0.40, 0.20]])
+_IRIS_NAMES = ("brown", "dark brown", "blue", "green", "grey", "hazel")
+
+
+def _attribute(kind: str, what: str, classes: tuple[str, ...] | None = None) -> dict:
+    if classes is None:
+        return {"kind": kind, "classes": None, "what": what}
+    return {"kind": kind, "classes": len(classes), "what": what + ": " + ", ".join(f"{i} {c}" for i, c in enumerate(classes))}
+
+
+# What face_attributes returns, in the units the drawing uses: the image spans -1..1 across, y points down.
+ATTRIBUTES = {
+    "hair_colour": _attribute("class", "hair palette entry", _HAIR_NAMES),
+    "iris_colour": _attribute("class", "iris palette entry", _IRIS_NAMES),
+    "skin_tone": _attribute("continuous", "place along the skin palette, 0 lightest .. 4 darkest"),
+    "skin_class": _attribute("class", "skin palette entry nearest the tone (skin_tone rounded)",
+                             ("lightest", "light", "medium", "dark", "darkest")),
+    "tilt": _attribute("continuous", "head tilt in degrees, -13.7 .. 13.7; positive turns it clockwise as seen"),
+    "face_x": _attribute("continuous", "face centre x, -0.1 .. 0.1 (image half-widths, right is positive)"),
+    "face_y": _attribute("continuous", "face centre y, -0.02 .. 0.16 (image half-heights, down is positive)"),
+    "face_width": _attribute("continuous", "half-width of the face ellipse, 0.46 .. 0.6 image half-widths"),
+    "face_height": _attribute("continuous", "half-height of the face ellipse, 0.62 .. 0.78 image half-heights"),
+    "hair_length": _attribute("continuous", "where the hair behind the head ends, -0.4 .. 1.4 face half-heights "
+                                            "below the face centre"),
+    "hair_width": _attribute("continuous", "width of the hair behind the head, 1 .. 1.35 face widths"),
+    "fringe": _attribute("continuous", "how far down the forehead the fringe comes, 0.15 high .. 0.7 low"),
+    "eye_open": _attribute("continuous", "eye height over eye width, 0.4 .. 0.75"),
+    "eye_size": _attribute("continuous", "eye half-width, 0.15 .. 0.22 face half-widths"),
+    "gaze_x": _attribute("continuous", "irises shifted along the head's x axis, -0.4 .. 0.4 (looking right is positive)"),
+    "gaze_y": _attribute("continuous", "irises shifted along the head's y axis, -0.4 .. 0.4 (looking down is positive)"),
+    "smile": _attribute("continuous", "bend of the mouth, -0.04 frown .. 0.1 smile"),
+    "mouth_open": _attribute("continuous", "how far the mouth is open, 0 .. 0.08"),
+    "mouth_width": _attribute("continuous", "mouth half-width, 0.22 .. 0.42 face half-widths"),
+    "blush": _attribute("continuous", "opacity of the cheeks' blush, 0 .. 0.4"),
+    "shirt_brightness": _attribute("continuous", "mean RGB of the shirt, 0.05 .. 0.95"),
+    "background_brightness": _attribute("continuous", "mean RGB of the background gradient's two ends, 0 .. 1"),
+    "light": _attribute("continuous", "strength of the side light, 0 .. 0.3"),
+}
+
 
 def synthetic_faces(start: int, count: int, seed: int = 0) -> torch.Tensor:
     """Faces number start .. start+count-1 as uint8 [count, 3, 64, 64]; face i depends only on (seed, i)."""
@@ -18,8 +63,29 @@ def synthetic_faces(start: int, count: int, seed: int = 0) -> torch.Tensor:
     parts = [torch.empty(0, 3, SIZE, SIZE, dtype=torch.uint8)]
     for first in range(start, start + count, 64):  # blocks keep the working set in cache
         index = np.arange(first, min(first + 64, start + count), dtype=np.uint64)
-        parts.append(_draw_faces(_face_params(seed, index), _pixel_noise(seed, index)))
+        look = {name: torch.from_numpy(value).float() for name, value in _face_params(seed, index).items()}
+        parts.append(_draw_faces(look, _pixel_noise(seed, index)))
     return torch.cat(parts)
+
+
+def face_attributes(start: int, count: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Attributes of faces start .. start+count-1 without drawing them: (name -> float32 [count], ATTRIBUTES).
+
+    They come from the very numbers the drawing uses, so face i's attributes depend only on (seed, i)."""
+    p = _face_params(seed, np.arange(start, start + count, dtype=np.uint64))
+    values = {
+        "hair_colour": p["hair_class"], "iris_colour": p["iris_class"],
+        "skin_tone": p["tone"], "skin_class": np.floor(p["tone"] + 0.5),
+        "tilt": np.degrees(2 * np.arctan(p["tilt_tan_half"])),
+        "face_x": p["cx"], "face_y": p["cy"], "face_width": p["ax"], "face_height": p["ay"],
+        "hair_length": p["hair_len"], "hair_width": p["hair_w"], "fringe": p["fringe"],
+        "eye_open": p["eye_open"], "eye_size": p["eye_w"], "gaze_x": p["gaze"][:, 0], "gaze_y": p["gaze"][:, 1],
+        "smile": p["smile"], "mouth_open": p["mouth_open"], "mouth_width": p["mouth_w"], "blush": p["blush"],
+        "shirt_brightness": p["shirt"].mean(1), "background_brightness": ((p["bg1"] + p["bg2"]) / 2).mean(1),
+        "light": p["light"],
+    }
+    return ({name: torch.from_numpy(np.asarray(v, dtype=np.float32)) for name, v in values.items()},
+            {name: dict(about) for name, about in ATTRIBUTES.items()})
 
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -55,32 +121,27 @@ def _pixel_noise(seed: int, index: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(noise).float().view(-1, 1, SIZE, SIZE)
 
 
-_SKIN = np.array([[0.98, 0.85, 0.75], [0.94, 0.75, 0.62], [0.82, 0.60, 0.45], [0.62, 0.42, 0.29], [0.38, 0.25, 0.17]])
-_HAIR = np.array([[0.07, 0.05, 0.05], [0.22, 0.13, 0.07], [0.42, 0.27, 0.14], [0.82, 0.66, 0.38],
-                 [0.60, 0.25, 0.10], [0.70, 0.70, 0.70], [0.12, 0.10, 0.10], [0.33, 0.20, 0.10]])
-_IRIS = np.array([[0.35, 0.20, 0.10], [0.18, 0.10, 0.05], [0.25, 0.45, 0.75], [0.30, 0.50, 0.30],
-                 [0.45, 0.50, 0.55], [0.50, 0.40, 0.20]])
-
-
-def _face_params(seed: int, index: np.ndarray) -> dict[str, torch.Tensor]:
-    """Random look of each face in `index`, every number from its own hash stream; float32 tensors."""
+def _face_params(seed: int, index: np.ndarray) -> dict[str, np.ndarray]:
+    """Random look of each face in `index`, every number from its own hash stream, with the palette
+    entries chosen (hair_class, iris_class, tone) kept for face_attributes."""
     stream = itertools.count()
 
     def uniform(low, high, width=0):  # [B], or [B, width]
         u = np.stack([_hash_uniform(seed, next(stream), index) for _ in range(max(width, 1))], -1)
         return low + (high - low) * (u if width else u[:, 0])
 
-    def pick(palette, jitter):
+    def pick(palette, jitter):  # (colour, index of the palette entry it jitters)
         choice = np.minimum((uniform(0, 1) * len(palette)).astype(int), len(palette) - 1)
-        return np.clip(palette[choice] + uniform(-jitter, jitter, 3), 0, 1)
+        return np.clip(palette[choice] + uniform(-jitter, jitter, 3), 0, 1), choice
 
     p = {}
     tone = uniform(0, len(_SKIN) - 1)  # skin tone slides along the palette
     low = np.minimum(tone.astype(int), len(_SKIN) - 2)
     frac = (tone - low)[:, None]
     p["skin"] = np.clip(_SKIN[low] * (1 - frac) + _SKIN[low + 1] * frac + uniform(-0.03, 0.03, 3), 0, 1)
-    p["hair"] = pick(_HAIR, 0.06)
-    p["iris"] = pick(_IRIS, 0.05)
+    p["tone"] = tone
+    p["hair"], p["hair_class"] = pick(_HAIR, 0.06)
+    p["iris"], p["iris_class"] = pick(_IRIS, 0.05)
     p["shirt"] = uniform(0.05, 0.95, 3)
     p["lip"] = np.clip(p["skin"] * [0.85, 0.52, 0.52] + uniform(0, 0.3)[:, None] * [0.5, 0, 0.05], 0, 1)
     p["bg1"] = uniform(0.1, 0.95, 3)
@@ -91,7 +152,7 @@ def _face_params(seed: int, index: np.ndarray) -> dict[str, torch.Tensor]:
     p["cx"], p["cy"] = uniform(-0.1, 0.1), uniform(-0.02, 0.16)
     p["ax"], p["ay"] = uniform(0.46, 0.6), uniform(0.62, 0.78)
     t = uniform(-0.12, 0.12)  # head tilt as tan(angle / 2): cos and sin by rational formulas, no trig
-    p["cos"], p["sin"] = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
+    p["cos"], p["sin"], p["tilt_tan_half"] = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t), t
     p["hair_w"], p["hair_h"], p["hair_up"] = uniform(1.0, 1.35), uniform(1.0, 1.25), uniform(0.05, 0.25)
     p["hair_len"] = uniform(-0.4, 1.4)  # where the hair behind the head ends, in face half-heights
     p["fringe"] = uniform(0.15, 0.7)  # how far down the forehead the hair comes
@@ -105,7 +166,7 @@ def _face_params(seed: int, index: np.ndarray) -> dict[str, torch.Tensor]:
     p["mouth_y"], p["mouth_w"] = uniform(0.38, 0.58), uniform(0.22, 0.42)
     p["smile"], p["mouth_open"] = uniform(-0.04, 0.1), uniform(0.0, 0.08)
     p["blush"] = uniform(0.0, 0.4)
-    return {k: torch.from_numpy(v).float() for k, v in p.items()}
+    return p
 
 
 _WHITE = torch.tensor([0.97, 0.97, 0.95])[None, :, None, None]
