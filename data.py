@@ -9,7 +9,11 @@ Three sources, chosen with --dataset:
 set is 2 GB this way) and `batches` turns it into float batches in [0, 1] on the device. The
 first use of a split writes it to `--cache-dir`; the cache is keyed by every setting that
 changes its pixels and by a fingerprint of the source files, and anything that does not match
-is rebuilt rather than trusted.
+is rebuilt rather than trusted. The cache also records which file each row came from.
+
+`load_labels` gives attributes aligned row for row with `load_split`, for linear probes: the
+drawn attributes of synthetic faces (faces.ATTRIBUTES) or CelebA's 40 binary attributes; a
+folder tree has none (`labels_unavailable` says why).
 """
 from __future__ import annotations
 
@@ -133,18 +137,52 @@ def load_split(config: dict, split: str, progress: bool = True) -> torch.Tensor:
 
     A folder tree has no validation part: 'valid' gives its test split, so scripts run unchanged.
     """
+    return _load(config, split, progress)[0]
+
+
+def load_labels(config: dict, split: str, progress: bool = True,
+                ) -> tuple[dict[str, torch.Tensor], dict[str, dict]] | None:
+    """Attributes of a split's images, row for row with `load_split`: (name -> float32 [N], name ->
+    {"kind": "class" or "continuous", "classes": k or None, "what": text}), or None (see labels_unavailable).
+
+    Synthetic faces: faces.ATTRIBUTES. CelebA: its 40 binary attributes (0 absent, 1 present), read
+    from list_attr_celeba.txt or .csv for the files the split's cache holds.
+    """
     config = _validated(config)
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    plan = {"synthetic": _synthetic_plan, "celeba": _celeba_plan, "folder": _folder_plan}[config["dataset"]]
-    key, build = plan(config, split)
-    key = {"version": CACHE_VERSION, "size": SIZE, **key}
-    path = _cache_path(config["cache_dir"], key)
-    images = _read_cache(path, key)
-    if images is None:
-        images, skipped = build(progress)
-        _write_cache(path, key, images, skipped)
-    return images
+    _check_split(split)
+    if labels_unavailable(config):
+        return None
+    if config["dataset"] == "synthetic":
+        start, count = _synthetic_range(config, split)
+        return faces.face_attributes(start, count, SYNTHETIC_SEED)
+    _, files = _load(config, split, progress, need_files=True)
+    attributes = _find_celeba(Path(config["data_root"]).expanduser())[2]
+    if attributes is None:  # --download fetched the images but not the attributes
+        return None
+    names, row_of, table = _read_attributes(attributes)
+    rows = []
+    for name in files:
+        if name not in row_of:
+            raise UserError(f"{attributes} has no row for {name}; replace it with CelebA's original")
+        rows.append(row_of[name])
+    present = torch.from_numpy(table[rows] == 1).float()  # [N, attributes]
+    values = {name: present[:, j].contiguous() for j, name in enumerate(names)}
+    about = {name: {"kind": "class", "classes": 2, "what": f"CelebA attribute {name}: 0 absent, 1 present"}
+             for name in names}
+    return values, about
+
+
+def labels_unavailable(config: dict) -> str | None:
+    """Why `load_labels` gives None for this config, in a few words (for a note); None when it gives labels."""
+    config = _validated(config)
+    if config["dataset"] == "folder":
+        return "a --dataset folder tree has no attribute labels"
+    if config["dataset"] == "celeba":
+        root = Path(config["data_root"]).expanduser()
+        image_dir, partition, attributes = _find_celeba(root)
+        if image_dir is not None and partition is not None and attributes is None:
+            return f"CelebA under {root} has no list_attr_celeba.txt or .csv beside {partition.name}"
+    return None
 
 
 def batches(images: torch.Tensor, batch_size: int, *, shuffle: bool = False,
@@ -167,8 +205,33 @@ def _cache_path(cache_dir: str, key: dict) -> Path:
     return Path(cache_dir) / f"{key['dataset']}-{key['split']}-{digest[:12]}.pt"
 
 
-def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
-    """The cached images if `path` holds a sound cache made with exactly `key`, else None."""
+def _load(config: dict, split: str, progress: bool, need_files: bool = False) -> tuple[torch.Tensor, list[str] | None]:
+    """A split's images and the source file of each row (None for synthetic faces), from the cache if
+    valid, else built and cached; with `need_files`, a cache that cannot say which files it holds is rebuilt."""
+    config = _validated(config)
+    _check_split(split)
+    plan = {"synthetic": _synthetic_plan, "celeba": _celeba_plan, "folder": _folder_plan}[config["dataset"]]
+    key, build, planned = plan(config, split)
+    key = {"version": CACHE_VERSION, "size": SIZE, **key}
+    path = _cache_path(config["cache_dir"], key)
+    cached = _read_cache(path, key, planned)
+    if cached is not None and (cached[1] is not None or not need_files):
+        return cached
+    if cached is not None:
+        print(f"warning: data cache {path} does not record which files its images come from; rebuilding it",
+              file=sys.stderr)
+    images, skipped, files = build(progress)
+    _write_cache(path, key, images, skipped, files)
+    return images, files
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def _read_cache(path: Path, key: dict, planned: list[str] | None) -> tuple[torch.Tensor, list[str] | None] | None:
+    """(images, source file of each row) if `path` holds a sound cache made with exactly `key`, else None."""
     if not path.exists():
         return None
     try:
@@ -183,48 +246,61 @@ def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
             or images.dim() != 4 or tuple(images.shape[1:]) != (3, SIZE, SIZE) or len(images) == 0:
         problem = "does not hold uint8 images of shape [N, 3, 64, 64]"
     else:
-        return images.contiguous()
+        return images.contiguous(), _cached_files(data.get("files"), len(images), planned)
     print(f"warning: data cache {path} {problem}; rebuilding it", file=sys.stderr)
     return None
 
 
-def _write_cache(path: Path, key: dict, images: torch.Tensor, skipped: int) -> None:
+def _cached_files(files: object, count: int, planned: list[str] | None) -> list[str] | None:
+    """The source file of each cached row: as the cache records it; in a cache written before files
+    were recorded, the planned files if all of them were decoded; else None (it cannot be told)."""
+    if isinstance(files, list) and len(files) == count and all(isinstance(f, str) for f in files):
+        return files
+    return planned if planned is not None and len(planned) == count else None
+
+
+def _write_cache(path: Path, key: dict, images: torch.Tensor, skipped: int, files: list[str] | None) -> None:
     # a cache that cannot be written only costs time next run, so say so and carry on
     try:
-        save_checkpoint(path, CACHE_KIND, {"images": images, "key": key, "skipped": skipped})
+        save_checkpoint(path, CACHE_KIND, {"images": images, "key": key, "skipped": skipped, "files": files})
     except UserError as e:
         print(f"warning: could not write the data cache ({e}); pass a writable --cache-dir", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- synthetic faces (drawn by faces.py)
 
-def _synthetic_plan(config: dict, split: str) -> tuple[dict, Callable]:
-    """Cache key and builder of a synthetic split: a fixed range of face indices."""
+def _synthetic_range(config: dict, split: str) -> tuple[int, int]:
+    """(first face index, number of faces) of a synthetic split, capped by --n-train/--n-test."""
     size = config["synthetic_size"] if split == "train" else max(1, config["synthetic_size"] // 5)
     cap = config["n_train"] if split == "train" else config["n_test"]
-    start, count = SYNTHETIC_START[split], min(size, cap or size)
+    return SYNTHETIC_START[split], min(size, cap or size)
+
+
+def _synthetic_plan(config: dict, split: str) -> tuple[dict, Callable, None]:
+    """Cache key and builder of a synthetic split (a fixed range of face indices); no source files."""
+    start, count = _synthetic_range(config, split)
     key = {"dataset": "synthetic", "split": split, "seed": SYNTHETIC_SEED, "start": start, "count": count}
 
-    def build(progress: bool) -> tuple[torch.Tensor, int]:
+    def build(progress: bool) -> tuple[torch.Tensor, int, None]:
         parts = []
         with tqdm(total=count, desc=f"drawing synthetic {split}", unit="img", disable=not progress) as bar:
             for i in range(0, count, 1024):
                 parts.append(faces.synthetic_faces(start + i, min(1024, count - i), SYNTHETIC_SEED))
                 bar.update(len(parts[-1]))
-        return torch.cat(parts), 0
+        return torch.cat(parts), 0, None
 
-    return key, build
+    return key, build, None
 
 
 # ---------------------------------------------------------------- CelebA
 
-def _celeba_plan(config: dict, split: str) -> tuple[dict, Callable]:
-    """Cache key and builder of a CelebA split: the official partition, in a fixed shuffled order."""
+def _celeba_plan(config: dict, split: str) -> tuple[dict, Callable, list[str]]:
+    """Cache key, builder and file names of a CelebA split: the official partition, in a fixed shuffled order."""
     root = Path(config["data_root"]).expanduser()  # --download may create it
-    image_dir, partition = _find_celeba(root)
+    image_dir, partition, _ = _find_celeba(root)
     if (image_dir is None or partition is None) and config["download"]:
         _download_celeba(root)
-        image_dir, partition = _find_celeba(root)
+        image_dir, partition, _ = _find_celeba(root)
     if image_dir is None or partition is None:
         found = ("the folder does not exist" if not root.is_dir() else
                  f"found {image_dir} but no list_eval_partition.txt or .csv beside it" if image_dir else
@@ -245,26 +321,29 @@ def _celeba_plan(config: dict, split: str) -> tuple[dict, Callable]:
     key = {"dataset": "celeba", "split": split, "root": str(image_dir.resolve()), "crop": CELEBA_CROP,
            "cap": cap, "order_seed": 0, "source": _fingerprint(list(on_disk.values()) + [partition.stat()])}
 
-    def build(progress: bool) -> tuple[torch.Tensor, int]:
+    def build(progress: bool) -> tuple[torch.Tensor, int, list[str]]:
         if missing:
             print(f"warning: {missing} of the {len(listed)} {split} images named in {partition} are not in "
                   f"{image_dir}; skipping them", file=sys.stderr)
-        images, bad = _decode_files([image_dir / name for name in chosen], CELEBA_CROP, progress, f"celeba {split}")
-        return images, bad + missing
+        images, kept = _decode_files([image_dir / name for name in chosen], CELEBA_CROP, progress, f"celeba {split}")
+        return images, len(chosen) - len(kept) + missing, [chosen[i] for i in kept]
 
-    return key, build
+    return key, build, chosen
 
 
-def _find_celeba(root: Path) -> tuple[Path | None, Path | None]:
-    """The image folder and partition file of CelebA under `root` (torchvision or Kaggle layout)."""
+def _find_celeba(root: Path) -> tuple[Path | None, Path | None, Path | None]:
+    """The image folder, partition file and attribute file of CelebA under `root` (torchvision or Kaggle layout)."""
+    def first_file(*paths):
+        return next((p for p in paths if p.is_file()), None)
+
     for base in (root / "celeba", root):
         folder = base / "img_align_celeba"
         if (folder / "img_align_celeba").is_dir():  # Kaggle's zip nests the folder in itself
             folder = folder / "img_align_celeba"
         if folder.is_dir():
-            partitions = [base / "list_eval_partition.txt", base / "list_eval_partition.csv"]
-            return folder, next((p for p in partitions if p.is_file()), None)
-    return None, None
+            return (folder, first_file(base / "list_eval_partition.txt", base / "list_eval_partition.csv"),
+                    first_file(base / "list_attr_celeba.txt", base / "list_attr_celeba.csv"))
+    return None, None, None
 
 
 def _download_celeba(root: Path) -> None:
@@ -293,10 +372,46 @@ def _read_partition(path: Path) -> dict[str, list[str]]:
     return {split: sorted(files) for split, files in names.items()}
 
 
+def _read_attributes(path: Path) -> tuple[list[str], dict[str, int], np.ndarray]:
+    """CelebA's attribute table from list_attr_celeba.txt (a count, a line of names, then 'NAME.jpg -1 1 ...')
+    or Kaggle's .csv ('image_id,5_o_Clock_Shadow,...' then 'NAME.jpg,-1,1,...'): (attribute names,
+    row of each file, int8 values [files, attributes], 1 where present)."""
+    lines = path.read_text().splitlines()
+    head = lines[0].replace(",", " ").split() if lines else []
+    if head[:1] == ["image_id"]:
+        names, first = head[1:], 1
+    elif len(head) == 1 and head[0].isdigit() and len(lines) > 1:
+        names, first = lines[1].split(), 2
+    else:
+        raise UserError(f"{path} starts with neither a count nor an 'image_id,...' header; "
+                        f"replace it with CelebA's original")
+    files, values, numbers = [], [], []
+    for number in range(first, len(lines)):
+        fields = lines[number].replace(",", " ").split()
+        if fields:
+            files.append(fields[0])
+            values.append(fields[1:])
+            numbers.append(number + 1)
+    for row, fields in enumerate(values):
+        if len(fields) != len(names):
+            raise UserError(f"{path} line {numbers[row]} has {len(fields)} values for {len(names)} attributes; "
+                            f"replace it with CelebA's original")
+    try:  # numpy parses 8 million values in a second, where checking each in Python takes several
+        table = np.array(values, dtype=np.int8).reshape(len(files), len(names))
+        bad = np.flatnonzero(((table != 1) & (table != 0) & (table != -1)).any(axis=1))
+    except ValueError:  # a value that is not a number: only now look for its line
+        bad = [row for row, fields in enumerate(values) if not all(v in ("-1", "0", "1") for v in fields)]
+    if len(bad):
+        raise UserError(f"{path} line {numbers[bad[0]]} holds a value other than -1, 0 or 1; "
+                        f"replace it with CelebA's original")
+    return names, {name: row for row, name in enumerate(files)}, table
+
+
 # ---------------------------------------------------------------- folder of images
 
-def _folder_plan(config: dict, split: str) -> tuple[dict, Callable]:
-    """Cache key and builder of a split of a folder tree; 'valid' is the test split (there is no third part)."""
+def _folder_plan(config: dict, split: str) -> tuple[dict, Callable, list[str]]:
+    """Cache key, builder and files (relative paths) of a split of a folder tree; 'valid' is the test split
+    (there is no third part)."""
     root = Path(config["data_root"]).expanduser()
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder; check the path")
@@ -316,10 +431,13 @@ def _folder_plan(config: dict, split: str) -> tuple[dict, Callable]:
            "test_fraction": config["test_fraction"], "split_seed": config["split_seed"],
            "source": _fingerprint([stat for _, stat in files])}
 
-    def build(progress: bool) -> tuple[torch.Tensor, int]:
-        return _decode_files(chosen, None, progress, f"{root} {split}")
+    relative = [path.relative_to(root).as_posix() for path in chosen]
 
-    return key, build
+    def build(progress: bool) -> tuple[torch.Tensor, int, list[str]]:
+        images, kept = _decode_files(chosen, None, progress, f"{root} {split}")
+        return images, len(chosen) - len(kept), [relative[i] for i in kept]
+
+    return key, build, relative
 
 
 def _image_files(root: Path) -> list[tuple[Path, os.stat_result]]:
@@ -362,23 +480,23 @@ def decode_image(path: str | os.PathLike, crop: int | None = None) -> np.ndarray
         return None
 
 
-def _decode_files(paths: list[Path], crop: int | None, progress: bool, what: str) -> tuple[torch.Tensor, int]:
-    """Decode `paths` into uint8 [N, 3, 64, 64], skipping (and counting) files that cannot be read."""
+def _decode_files(paths: list[Path], crop: int | None, progress: bool, what: str) -> tuple[torch.Tensor, list[int]]:
+    """Decode `paths` into uint8 [N, 3, 64, 64], skipping files that cannot be read: (images, which paths they are)."""
     # one process: worker processes measured only 1.2x faster on 2 cores, and it happens once per cache
     images = torch.empty(len(paths), 3, SIZE, SIZE, dtype=torch.uint8)
-    kept, bad = 0, []
-    for path in tqdm(paths, desc=f"decoding {what}", unit="img", disable=not progress):
+    kept, bad = [], []
+    for i, path in enumerate(tqdm(paths, desc=f"decoding {what}", unit="img", disable=not progress)):
         array = decode_image(path, crop)
         if array is None:
             bad.append(path)
             continue
-        images[kept] = torch.from_numpy(array).permute(2, 0, 1)
-        kept += 1
-    if kept == 0:
+        images[len(kept)] = torch.from_numpy(array).permute(2, 0, 1)
+        kept.append(i)
+    if not kept:
         raise UserError(f"none of the {len(paths)} image files of {what} could be decoded (e.g. {paths[0]}); "
                         f"check that they are valid images")
     if bad:
         print(f"warning: skipped {len(bad)} of {len(paths)} files of {what} that could not be decoded "
               f"(e.g. {bad[0]})", file=sys.stderr)
     # clone a shortened tensor: torch.save would otherwise store all of the storage behind the view
-    return (images if not bad else images[:kept].clone()), len(bad)
+    return (images if not bad else images[:len(kept)].clone()), kept
