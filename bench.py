@@ -26,6 +26,7 @@ import cli
 import curves
 import data
 import eval_curve
+import faces
 import fit_curve
 import training
 from files import UserError, write_json
@@ -71,7 +72,7 @@ def train_step(model, loss_fn, optimizer, x, precision="fp32", **kwargs):
 
 
 def batch(n: int, device, memory_format=torch.channels_last) -> torch.Tensor:
-    return next(data.batches(data.synthetic_faces(0, n), n, device=device, memory_format=memory_format))
+    return next(data.batches(faces.synthetic_faces(0, n), n, device=device, memory_format=memory_format))
 
 
 def bench_curve_overhead(args, device) -> dict:
@@ -180,12 +181,12 @@ def bench_eval(args, device) -> dict:
 
 def bench_data(args, device, train_rate: float) -> dict:
     """4. Images per second of an epoch from the uint8 cache vs decoding JPEG files every epoch."""
-    images = data.synthetic_faces(0, 4096)
+    images = faces.synthetic_faces(0, 4096)
     cached = median_seconds(lambda: [x.sum() for x in data.batches(images, args.batch_size, shuffle=True, device=device,
                                                                     memory_format=torch.channels_last)], args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for i, img in enumerate(data.synthetic_faces(0, 300)):  # CelebA-sized JPEGs
+        for i, img in enumerate(faces.synthetic_faces(0, 300)):  # CelebA-sized JPEGs
             path = Path(tmp) / f"{i:06d}.jpg"
             Image.fromarray(img.permute(1, 2, 0).numpy()).resize((178, 218)).save(path, quality=90)
             paths.append(path)

@@ -1,4 +1,4 @@
-"""Tests of data.py on tiny generated data: fake CelebA trees, image folders and synthetic faces."""
+"""Tests of data.py on tiny generated data: fake CelebA trees, image folders and synthetic splits."""
 import argparse
 import json
 
@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import data
+import faces
 from files import UserError, load_checkpoint, save_checkpoint
 
 CELEBA_PARTS = [0] * 18 + [1] * 6 + [2] * 6  # partition value of each fake CelebA image
@@ -153,26 +154,6 @@ def test_decode_image_crops_the_centre_square(tmp_path):
 
 # ---------------------------------------------------------------- synthetic
 
-def test_synthetic_faces_are_a_pure_function_of_seed_and_index():
-    block = data.synthetic_faces(0, 80, seed=3)
-    assert block.shape == (80, 3, 64, 64) and block.dtype == torch.uint8
-    assert torch.equal(block, data.synthetic_faces(0, 80, seed=3))
-    for i in (0, 1, 63, 64, 79):
-        assert torch.equal(data.synthetic_faces(i, 1, seed=3)[0], block[i])
-    assert torch.equal(data.synthetic_faces(50, 20, seed=3), block[50:70])
-    other = data.synthetic_faces(0, 80, seed=4)
-    assert (other.float() - block.float()).abs().mean() > 20
-
-
-def test_synthetic_faces_vary():
-    faces = data.synthetic_faces(1000, 64).float()
-    assert faces.std(dim=0).mean() > 30  # pixels vary across faces, in 0..255 units
-    assert faces.std(dim=(1, 2, 3)).min() > 10  # and within each face
-    flat = faces.flatten(1)
-    distances = torch.cdist(flat, flat) + torch.eye(64) * 1e9
-    assert distances.min() > 100  # no two faces alike
-
-
 def test_synthetic_splits_sizes_caps_and_disjoint(tmp_path):
     config = config_for(tmp_path, "--synthetic-size", "50")
     train, valid, test = (data.load_split(config, split, progress=False) for split in data.SPLITS)
@@ -257,7 +238,7 @@ def test_second_load_reads_the_cache(tmp_path, monkeypatch):
         raise AssertionError("decoded although the cache was valid")
 
     monkeypatch.setattr(data, "decode_image", forbidden)
-    monkeypatch.setattr(data, "synthetic_faces", forbidden)
+    monkeypatch.setattr(faces, "synthetic_faces", forbidden)
     assert torch.equal(data.load_split(celeba, "train", progress=False), first[0])
     assert torch.equal(data.load_split(synthetic, "train", progress=False), first[1])
 
@@ -298,6 +279,161 @@ def test_caps_take_the_first_n(tmp_path):
         capped = config_for(tmp_path, *flags, "--n-train", "5", "--n-test", "2")
         assert torch.equal(data.load_split(capped, "train", progress=False), full[0][:5])
         assert torch.equal(data.load_split(capped, "test", progress=False), full[1][:2])
+
+
+# ---------------------------------------------------------------- labels
+
+CELEBA_ATTRIBUTES = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+                     "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+                     "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
+                     "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
+                     "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie "
+                     "Young").split()
+
+
+def attribute_pattern(number):
+    """The 40 values (-1 or 1) of fake CelebA image `number`: its first five spell the number in binary."""
+    return [1 if number >> j & 1 else -1 for j in range(5)] + [1 if number * j % 7 < 3 else -1 for j in range(5, 40)]
+
+
+def write_attributes(root, layout, count=len(CELEBA_PARTS)):
+    """CelebA's list_attr_celeba in the original txt layout or Kaggle's csv, rows in reverse order."""
+    numbers = range(count, 0, -1)  # not the partition's order: rows must be found by name
+    if layout == "txt":
+        path = root / "celeba" / "list_attr_celeba.txt"
+        lines = [str(count), " ".join(CELEBA_ATTRIBUTES) + " "]
+        lines += [f"{n:06d}.jpg " + " ".join(f"{v:2d}" for v in attribute_pattern(n)) for n in numbers]
+    else:
+        path = root / "list_attr_celeba.csv"
+        lines = ["image_id," + ",".join(CELEBA_ATTRIBUTES)]
+        lines += [f"{n:06d}.jpg," + ",".join(str(v) for v in attribute_pattern(n)) for n in numbers]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def image_numbers(images, centres):
+    """Which fake CelebA image each row is, told by its centre colour."""
+    colours = torch.tensor(list(centres.values()), dtype=torch.float32)
+    distances, nearest = torch.cdist(images[:, :, 8:-8, 8:-8].float().mean(dim=(2, 3)), colours).sort(dim=1)
+    assert (distances[:, 1] - distances[:, 0] > 10).all()  # no colour is ambiguous
+    return [int(list(centres)[i][:6]) for i in nearest[:, 0]]
+
+
+def assert_labels_are_the_images(labels, images, centres):
+    """Row i of the labels is the attribute row of the image in row i of the split."""
+    values, about = labels
+    assert list(values) == list(about) == CELEBA_ATTRIBUTES
+    assert all(a["kind"] == "class" and a["classes"] == 2 and a["what"] for a in about.values())
+    expected = torch.tensor([attribute_pattern(n) for n in image_numbers(images, centres)]).add(1).div(2)
+    got = torch.stack([values[name] for name in CELEBA_ATTRIBUTES], dim=1)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("layout", ["txt", "csv"])
+def test_celeba_labels_align_with_the_split_rows(tmp_path, layout):
+    _, _, centres = fake_celeba(tmp_path / "root", layout)
+    write_attributes(tmp_path / "root", layout)
+    config = config_for(tmp_path, "--dataset", "celeba", "--data-root", str(tmp_path / "root"))
+    assert data.labels_unavailable(config) is None
+    for split in data.SPLITS:  # labels first, then images from the cache they made, and the other way round
+        labels = data.load_labels(config, split, progress=False)
+        assert_labels_are_the_images(labels, data.load_split(config, split, progress=False), centres)
+    assert_labels_are_the_images(data.load_labels(config, "train", progress=False),
+                                 data.load_split(config, "train", progress=False), centres)
+
+
+def test_celeba_labels_follow_caps_missing_and_undecodable_files(tmp_path, capsys):
+    images_dir, _, centres = fake_celeba(tmp_path / "root", "txt")
+    write_attributes(tmp_path / "root", "txt")
+    flags = ("--dataset", "celeba", "--data-root", str(tmp_path / "root"))
+    order = image_numbers(data.load_split(config_for(tmp_path / "full", *flags), "train", progress=False), centres)
+    broken, gone = order[1], order[3]  # among the first five of the fixed shuffle
+    (images_dir / f"{broken:06d}.jpg").write_bytes(b"not a jpeg")
+    (images_dir / f"{gone:06d}.jpg").unlink()
+    config = config_for(tmp_path / "capped", *flags, "--n-train", "5")
+    images = data.load_split(config, "train", progress=False)
+    kept = [n for n in order if n != gone][:5]
+    kept.remove(broken)
+    assert image_numbers(images, centres) == kept  # the cap counts files on disk; the broken one is skipped
+    assert_labels_are_the_images(data.load_labels(config, "train", progress=False), images, centres)
+    (payload,) = cache_payloads(tmp_path / "capped", "celeba-train-*")
+    assert payload["files"] == [f"{n:06d}.jpg" for n in kept] and payload["skipped"] == 2
+    assert "could not be decoded" in capsys.readouterr().err
+
+
+def test_celeba_labels_from_a_cache_that_does_not_record_its_files(tmp_path, monkeypatch, capsys):
+    images_dir, _, centres = fake_celeba(tmp_path / "root", "csv")
+    write_attributes(tmp_path / "root", "csv")
+    config = config_for(tmp_path, "--dataset", "celeba", "--data-root", str(tmp_path / "root"))
+
+    def forget_files():  # as caches were written before they recorded their files
+        (path,) = (tmp_path / "cache").glob("celeba-valid-*.pt")
+        payload = load_checkpoint(path, data.CACHE_KIND)
+        del payload["files"]
+        save_checkpoint(path, data.CACHE_KIND, payload)
+
+    images = data.load_split(config, "valid", progress=False)
+    forget_files()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("decoded although the cache could tell its files")
+
+    with monkeypatch.context() as patch:  # every file was decoded: its rows are the planned files
+        patch.setattr(data, "decode_image", forbidden)
+        assert_labels_are_the_images(data.load_labels(config, "valid", progress=False), images, centres)
+    (images_dir / "000020.jpg").write_bytes(b"not a jpeg")  # a new cache, one file short of the plan
+    for path in (tmp_path / "cache").glob("*.pt"):
+        path.unlink()
+    images = data.load_split(config, "valid", progress=False)
+    forget_files()
+    capsys.readouterr()
+    labels = data.load_labels(config, "valid", progress=False)  # which file is missing cannot be told: rebuilt
+    assert "does not record which files" in capsys.readouterr().err
+    assert len(images) == 5 and torch.equal(data.load_split(config, "valid", progress=False), images)
+    assert_labels_are_the_images(labels, images, centres)
+
+
+def test_labels_absent_for_celeba_without_attributes_and_for_folders(tmp_path):
+    fake_celeba(tmp_path / "root", "txt")
+    celeba = config_for(tmp_path, "--dataset", "celeba", "--data-root", str(tmp_path / "root"))
+    assert data.load_labels(celeba, "train", progress=False) is None
+    assert "list_attr_celeba" in data.labels_unavailable(celeba)
+    image_tree(tmp_path / "tree", corrupt=0)
+    folder = config_for(tmp_path, "--dataset", "folder", "--data-root", str(tmp_path / "tree"))
+    assert data.load_labels(folder, "train", progress=False) is None
+    assert "no attribute labels" in data.labels_unavailable(folder)
+
+
+def test_celeba_attribute_file_that_is_wrong_is_an_error(tmp_path):
+    fake_celeba(tmp_path / "root", "txt")
+    path = write_attributes(tmp_path / "root", "txt", count=len(CELEBA_PARTS) - 1)  # no row for image 30
+    config = config_for(tmp_path, "--dataset", "celeba", "--data-root", str(tmp_path / "root"))
+    with pytest.raises(UserError, match="no row for 000030.jpg"):
+        data.load_labels(config, "test", progress=False)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:5] + [lines[5].replace("-1", "2", 1)] + lines[6:]))
+    with pytest.raises(UserError, match="line 6 holds a value other than"):
+        data.load_labels(config, "test", progress=False)
+    path.write_text("\n".join(lines[:5] + [lines[5].rsplit(" ", 1)[0]] + lines[6:]))
+    with pytest.raises(UserError, match="line 6 has 39 values for 40 attributes"):
+        data.load_labels(config, "test", progress=False)
+
+
+def test_synthetic_labels_are_the_faces_attributes_of_the_split(tmp_path):
+    config = config_for(tmp_path, "--synthetic-size", "50")
+    capped = config_for(tmp_path, "--synthetic-size", "50", "--n-train", "7", "--n-test", "3")
+    assert data.labels_unavailable(config) is None
+    for split, count in (("train", 50), ("valid", 10), ("test", 10)):
+        values, about = data.load_labels(config, split, progress=False)
+        assert about == faces.ATTRIBUTES
+        expected, _ = faces.face_attributes(data.SYNTHETIC_START[split], count, data.SYNTHETIC_SEED)
+        assert all(torch.equal(values[name], expected[name]) for name in expected)
+        assert all(len(v) == len(data.load_split(config, split, progress=False)) for v in values.values())
+        capped_values, _ = data.load_labels(capped, split, progress=False)
+        cap = 7 if split == "train" else 3
+        assert all(torch.equal(capped_values[name], values[name][:cap]) for name in values)
+    with pytest.raises(UserError, match="unknown split"):
+        data.load_labels(config, "validation")
 
 
 # ---------------------------------------------------------------- config
