@@ -394,7 +394,7 @@ def draw_embedding(result: dict) -> plt.Figure:
         for i in range(start, stop):
             marker = MARKERS[result["kinds"][i]]
             ax.scatter(xy[i, 0], xy[i, 1], color=cmap(0.3 + 0.65 * shade[i - start]), marker=marker, s=150 if marker == "*" else 40,
-                       edgecolors="black", linewidths=0.4, zorder=2, label=group if i == start else None)
+                       edgecolors="black", linewidths=0.4, zorder=3 if marker == "*" else 2, label=group if i == start else None)
     ax.legend(fontsize=8, loc="best")
     method = result["embedding"]["method"]
     ax.set_xlabel(f"{method} 1")
