@@ -54,6 +54,10 @@ class CheckpointError(UserError):
     """A file that is missing, damaged, or not one of this project's checkpoints."""
 
 
+class FormatError(CheckpointError):
+    """A sound PyTorch file that is not the kind of checkpoint asked for (another format tag, or none)."""
+
+
 def ensure_dir(folder: str | os.PathLike) -> Path:
     """Create `folder` (and parents) or raise a UserError saying why it cannot be written."""
     folder = Path(folder)
@@ -237,9 +241,9 @@ def load_checkpoint(path: str | os.PathLike, kind: str, required: tuple[str, ...
     except Exception as e:  # zipfile and torch raise many types for damaged or unsafe files
         raise CheckpointError(f"cannot load checkpoint {path}: {load_failure(e)}; recreate it with this toolkit") from None
     if not isinstance(data, dict) or "format" not in data:
-        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no format tag); expected a '{kind}' file")
+        raise FormatError(f"{path} is not a checkpoint of this toolkit (no format tag); expected a '{kind}' file")
     if data["format"] != kind:
-        raise CheckpointError(f"{path} is a '{data['format']}' file, but a '{kind}' checkpoint is needed here")
+        raise FormatError(f"{path} is a '{data['format']}' file, but a '{kind}' checkpoint is needed here")
     missing = [k for k in required if k not in data]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is damaged or from another version")

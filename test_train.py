@@ -253,3 +253,49 @@ def test_bf16_training_is_deterministic_and_recorded(tmp_path, vgg_file):
     a, b, c = (runs[k][0].state_dict() for k in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+# ---------------------------------------------------------------- snapshots along training
+
+def test_snapshots_land_evenly_per_epoch_and_change_nothing(tmp_path):
+    """64 images at batch 16: 4 steps an epoch; 3 snapshots an epoch fall after steps 1, 2 and 4."""
+    flags = tiny_args(tmp_path, **{"--epochs": 2})
+    train_ae.main([*flags, "--out", str(tmp_path / "plain.pt")])
+    out = tmp_path / "snap.pt"
+    train_ae.main([*flags, "--out", str(out), "--snapshots", "3"])
+    assert train_ae.snapshot_steps(4, 3) == [1, 2, 4] and train_ae.snapshot_steps(4, 4) == [1, 2, 3, 4]
+    folder = tmp_path / "snap.snapshots"
+    assert sorted(p.name for p in folder.iterdir()) == [f"step{s:06d}.pt" for s in (1, 2, 4, 5, 6, 8)]
+    # snapshots change nothing: the final checkpoint is the same, byte for byte
+    assert out.read_bytes() == (tmp_path / "plain.pt").read_bytes()
+    final, ckpt = load_ae(out)
+    for step in (1, 2, 4, 5, 6, 8):
+        snap = load_ae(folder / f"step{step:06d}.pt")[1]["config"]
+        assert snap["snapshot"] == {"epoch": step / 4, "step": step, "of": str(out)}
+        assert {k: v for k, v in snap.items() if k != "snapshot"} == ckpt["config"]
+    last = load_ae(folder / "step000008.pt")[0].state_dict()
+    assert all(torch.equal(last[k], v) for k, v in final.state_dict().items())  # the last one is the final model
+    first = load_ae(folder / "step000001.pt")[0].state_dict()
+    assert not torch.equal(first["encoder.0.weight"], last["encoder.0.weight"])
+    assert json.loads(out.with_suffix(".json").read_text())["snapshots"] == {"folder": str(folder), "per_epoch": 3}
+
+
+def test_snapshots_survive_a_resume_and_too_many_are_refused(tmp_path, monkeypatch):
+    flags = [*tiny_args(tmp_path, **{"--epochs": 3}), "--snapshots", "2"]
+    train_ae.main([*flags, "--out", str(tmp_path / "whole.pt")])
+    out = tmp_path / "split.pt"
+    with killed_after_epoch(monkeypatch, 0):
+        train_ae.main([*flags, "--out", str(out)])
+    folder = tmp_path / "split.snapshots"
+    assert sorted(p.name for p in folder.iterdir()) == ["step000002.pt", "step000004.pt"]
+    kept = (folder / "step000002.pt").stat().st_mtime_ns
+    train_ae.main([*flags, "--out", str(out), "--resume"])
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"step{s:06d}.pt" for s in (2, 4, 6, 8, 10, 12)]
+    assert (folder / "step000002.pt").stat().st_mtime_ns == kept  # the finished epoch's snapshots were not redone
+    assert out.read_bytes() == (tmp_path / "whole.pt").read_bytes()
+    for name in names:
+        a, b = weights(folder / name), weights(tmp_path / "whole.snapshots" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="--snapshots 5 is more than the 4 optimiser steps"):
+        train_ae.main([*tiny_args(tmp_path), "--out", str(tmp_path / "x.pt"), "--snapshots", "5"])

@@ -3,12 +3,20 @@
 Writes a checkpoint (state_dict + plain config + final metrics), a metrics JSON with the
 per-epoch history, and a PNG of test images over their reconstructions, all atomically. The
 same seed and flags on CPU give identical weights; `--resume` continues an interrupted run.
+
+`--snapshots N` also keeps N autoencoder checkpoints per epoch, after optimiser steps
+floor(k P / N), k = 1..N, of the epoch's P steps (the last at its end), as
+<out without .pt>.snapshots/step<global step>.pt, for function_space.py. Their config is the run's
+plus "snapshot": {"epoch": fractional epoch, "step": global step, "of": out}. They change nothing
+in training: the final checkpoint is the same byte for byte. With --resume, finished epochs'
+snapshots stay and the run writes the rest.
 """
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -17,7 +25,7 @@ import ae
 import cli
 import data
 import training
-from files import AE_FORMAT, atomic_write, ensure_dir, load_checkpoint, save_ae, write_json
+from files import AE_FORMAT, UserError, atomic_write, ensure_dir, load_checkpoint, save_ae, write_json
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
@@ -39,11 +47,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{loss}_s{seed}.pt); .json and .png are written beside it")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
+    p.add_argument("--snapshots", type=cli.nonnegative_int, default=0, metavar="N",
+                   help="keep N checkpoints per epoch, evenly spaced in optimiser steps, the last at the epoch's end, in "
+                        "<out without .pt>.snapshots/step<global step>.pt (0: none)")
     return p.parse_args(argv)
 
 
 def default_out(loss: str, seed: int) -> Path:
     return Path("runs/ae") / f"{loss}_s{seed}.pt"
+
+
+def snapshot_steps(per_epoch: int, n: int) -> list[int]:
+    """After how many of an epoch's `per_epoch` optimiser steps its `n` snapshots are taken: floor(k P / n), k = 1..n."""
+    return [k * per_epoch // n for k in range(1, n + 1)]
+
+
+def snapshot_hook(folder: Path | None, model: torch.nn.Module, run_config: dict, out: Path, epoch: int, per_epoch: int,
+                  n: int) -> Callable[[int], None] | None:
+    """train_epoch's `after_step` that writes epoch `epoch`'s (0-based) snapshots into `folder`; None when n is 0."""
+    if n == 0:
+        return None
+    due = set(snapshot_steps(per_epoch, n))
+
+    def after_step(step: int) -> None:
+        if step + 1 in due:
+            done = epoch * per_epoch + step + 1  # optimiser steps since the start of training
+            where = {"epoch": done / per_epoch, "step": done, "of": str(out)}
+            save_ae(folder / f"step{done:06d}.pt", model, {**run_config, "snapshot": where}, {"epoch": where["epoch"], "step": done})
+
+    return after_step
 
 
 def save_reconstructions(path: Path, model: torch.nn.Module, images: torch.Tensor, device: torch.device, n: int = 8) -> None:
@@ -93,12 +125,18 @@ def main(argv: list[str] | None = None) -> dict:
           + (f", VGG16 weights: {run_config['vgg_weights']}, layers {', '.join(args.vgg_layers)}" if args.loss == "perceptual" else ""))
     evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
     per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
+    if args.snapshots > per_epoch:
+        raise UserError(f"--snapshots {args.snapshots} is more than the {per_epoch} optimiser steps of an epoch; "
+                        f"use at most {per_epoch}")
+    snapshot_dir = ensure_dir(out.with_suffix(".snapshots")) if args.snapshots else None
     for epoch in range(start, args.epochs):
         t0 = time.time()
         lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
         train_loss = training.train_epoch(model, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           precision=precision,
-                                          generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch)
+                                          generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch,
+                                          after_step=snapshot_hook(snapshot_dir, model, run_config, out, epoch, per_epoch,
+                                                                   args.snapshots))
         test = training.evaluate(model, test_images, **evaluate)
         lr = lr_at(per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss": test["loss"], "test_mse": test["mse"],
@@ -117,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics["test_perceptual"] = final_test["loss"]
     # the checkpoint is written last: its presence means the run (and its JSON and PNG) is complete
     save_reconstructions(out.with_suffix(".png"), model, test_images, device)
-    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": run_config, **metrics})
+    snapshots = {"snapshots": {"folder": str(snapshot_dir), "per_epoch": args.snapshots}} if args.snapshots else {}
+    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": run_config, **metrics, **snapshots})
     save_ae(out, model, run_config, {**metrics, "history": training.without_timing(history)})
     resume_file.unlink(missing_ok=True)
     print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}: test {args.loss} {final_test['loss']:.5f}, "

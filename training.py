@@ -100,13 +100,15 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
                 batch_size: int, generator: torch.Generator, device: torch.device, epoch: int,
                 sample_t: bool = False, t_of: Callable[[float], float] | None = None,
-                before_step: Callable[[int], None] | None = None,
+                before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None,
                 lr_at: Callable[[int], float] | None = None, max_steps: int | None = None, precision: str = "fp32",
                 memory_format=torch.channels_last, desc: str = "train") -> float:
     """One pass over `images` in the generator's order (or its first `max_steps` batches); returns
     the mean training loss.
 
     `lr_at(step)` sets the rate of every parameter group before each step (see `epoch_rates`).
+    `before_step(step)` runs before step `step` (0-based) and `after_step(step)` right after its
+    optimiser update, e.g. to save the weights there (train_ae.py --snapshots).
     With `sample_t`, the model is a CurveNet and one t ~ U(0,1) is drawn per batch (the paper's
     stochastic estimate of E_t L(phi(t))), or t = t_of(u) with u ~ U(0,1) (e.g. curves.ArcLengthSampler). `precision` is resolved (no 'auto'; see
     resolve_precision). A non-finite loss raises a UserError naming the step.
@@ -142,6 +144,8 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
         optimizer.step()
         total += value * len(x)
         count += len(x)
+        if after_step is not None:
+            after_step(step)
         bar.set_postfix(loss=f"{value:.4g}")
     return total / max(count, 1)
 
