@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=configs[0][1].get("data"))
     if any(config.get("data") != configs[0][1].get("data") for _, config in configs):
         print(f"warning: the networks were trained on different data settings; all are compared on those of {configs[0][0]}")
-    images = data.load_split(data_cfg, "valid")[: args.images]
+    images, source = data.validation_images(data_cfg, args.images)
     ts = np.linspace(0.0, 1.0, args.t_points).tolist()
     bn_images = None if args.own_bn and not nets else data.load_split(data_cfg, "train")[: args.bn_images]
     records += curve_records(nets, ts)
@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> dict:
               "matrices": {name: m.tolist() for name, m in matrices.items()},
               "embedding": {**embedded, "xy": xy.tolist()}, "disagreement_t": along_paths(records, disagreement, [str(p) for p, _ in nets]),
               "model": configs[0][1].get("model"), "data": data_cfg,
-              "settings": {"images": len(images), "split": "valid", "values_per_network": int(len(images) * images[0].numel()),
+              "loss": configs[0][1].get("loss") if len({config.get("loss") for _, config in configs}) == 1 else None,
+              "settings": {"images": len(images), "split": "valid", "images_source": source, "values_per_network": int(len(images) * images[0].numel()),
                            "bn_images": None if bn_images is None else len(bn_images), "own_bn": args.own_bn,
                            "t_points": args.t_points if nets else None,
                            "embedding": args.embedding, "eval_batch_size": args.eval_batch_size, "device": str(device)},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +34,7 @@ SEGMENT_OVER_CURVE = 2.0
 SIGNIFICANCE = 2.0
 
 ENSEMBLE_FORMAT = "aemc-ensemble-v1"
+FUNCTION_SPACE_FORMAT = "aemc-function-space-v1"
 
 # The verdict categories' headlines, as the report states them.
 HEADLINES = {
@@ -627,6 +629,64 @@ def selection_text(e: dict, report_dir: Path) -> list[str]:
     return text
 
 
+def load_function_space(study: dict, study_dir: Path) -> list[dict]:
+    """The function_space.json files of the study's plan that are there, each checked to be one."""
+    found = [{**read_json(p, "function_space.py"), "_path": str(p)}
+             for p in planned(study, study_dir, "function_space", "function_space/*/function_space.json") if p.is_file()]
+    for f in found:
+        if f.get("format") != FUNCTION_SPACE_FORMAT:
+            raise UserError(f"{f['_path']} is not a file of function_space.py (format {FUNCTION_SPACE_FORMAT}); rerun function_space.py")
+    return found
+
+
+def further_apart(a: dict, b: dict | None, what: str) -> str:
+    """Whether the independent endpoints' pairs disagree more than the pairs of `b`, with standard errors."""
+    if b is None:
+        return ""
+    da, db = a["disagreement"], b["disagreement"]
+    word = "further apart than" if da["mean"] > db["mean"] else "closer than"
+    if da["se"] is None or db["se"] is None:
+        word += " (one pair, so no standard error)"
+    elif not significant(abs(da["mean"] - db["mean"]), math.hypot(da["se"], db["se"])):
+        word = "no further apart (within 2 SE) than"
+    return (f"{word} {what} ({with_se(db['mean'], db['se'])}, {b['ratio_to_error']['mean']:.3g} of their own error; "
+            f"ratio {da['mean'] / db['mean']:.2f}×)")
+
+
+def function_space_section(results: list[dict], report_dir: Path) -> str:
+    """Per group: how far apart endpoints, curve points, segment points, FGE members and snapshots are as functions."""
+    if not results:
+        return ""
+    text = ["## Function space", "",
+            "Each network is represented by its reconstructions of the same validation images (Fort et al. 2019), its "
+            "BatchNorm statistics recomputed on the same training images. Disagreement = mean squared difference per pixel "
+            "between two networks' reconstructions; / own error = that over the mean of the two networks' own MSE (1: they "
+            "differ from each other as much as from the images). Curve and segment pairs leave out the ends (the endpoints). "
+            "SE over pairs; pairs that share a network are not independent, so the SEs are optimistic."]
+    header = ["pairs", "count", "disagreement", "/ own error", "weight cosine"]
+    for r in results:
+        path, summary = Path(r["_path"]), r["summary"]
+        rows = [[name, c["count"], with_se(c["disagreement"]["mean"], c["disagreement"]["se"]),
+                 with_se(c["ratio_to_error"]["mean"], c["ratio_to_error"]["se"]), with_se(c["weight_cosine"]["mean"], c["weight_cosine"]["se"])]
+                for name, c in summary.items() if isinstance(c, dict)]
+        loss = r.get("loss") or path.parent.name
+        text += ["", f"### {loss} group ({len(r['names'])} networks, {r['settings']['images']} validation images)", "", table(header, rows), ""]
+        ends = summary.get("endpoints")
+        if ends:
+            said = [further_apart(ends, summary.get(name), what) for name, what in
+                    (("curve", "points of one curve"), ("fge", "FGE members"), ("snapshots", "snapshots of one training run"))]
+            said = [x for x in said if x]
+            if said:
+                text += [f"The independent endpoints ({with_se(ends['disagreement']['mean'], ends['disagreement']['se'])}, "
+                         f"{ends['ratio_to_error']['mean']:.3g} of their own error) are " + "; ".join(said) + ".", ""]
+        method = {"tsne": "t-SNE", "pca": "PCA"}.get(r.get("embedding", {}).get("method"), "embedding")
+        for key, caption in (("heatmaps_png", "weight cosine and disagreement"), ("embedding_png", f"{method} of the reconstructions"),
+                             ("disagreement_t_png", "disagreement with phi(0) and phi(1) along t")):
+            png = path.with_name(r.get("files", {}).get(key, ""))
+            text += [link(png, report_dir, f"{loss}: {caption}"), ""] if r.get("files", {}).get(key) and png.is_file() else []
+    return "\n".join(text) + "\n"
+
+
 def load_planes(study: dict, study_dir: Path) -> list[dict]:
     """The plane files of the study's plan that are there, of their curve as it is now and of the study's settings."""
     planes = [read_result(p, (PLANE_FORMAT,)) for p in planned(study, study_dir, "plane", "curves/*.plane.json") if p.is_file()]
@@ -700,6 +760,7 @@ def write_report(study_dir: Path, out: Path) -> Path:
                 planes_section(load_planes(study, study_dir), s["evals"], study_dir.resolve(), report_dir),
                 objectives_section(s["evals"], s["arclength"]), aligned_curves_section(s["evals"], s["aligned_curves"]),
                 ensembles_section(s["ensembles"], report_dir),
+                function_space_section(load_function_space(study, study_dir), report_dir),
                 "## Answer\n\n" + answer(s["evals"], study) + "\n"]
     return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))
 

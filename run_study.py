@@ -31,6 +31,7 @@ import data
 import ensemble
 import eval_curve
 import fit_curve
+import function_space
 import plane
 import plot
 import report
@@ -49,6 +50,7 @@ PRESETS = {
         "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
         "select": ["uniform", "greedy", "diversity"], "valid_images": 200,
+        "snapshots": {"mse": 1, "perceptual": 2}, "function_space_points": 11,  # per epoch; values of t per curve and segment
         "arclength": {"mse": True, "perceptual": False}, "aligned_curves": False,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False},
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
@@ -60,6 +62,7 @@ PRESETS = {
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
         "select": ["uniform", "greedy", "diversity"], "valid_images": 500,
+        "snapshots": 1, "function_space_points": 21,
         "arclength": True, "aligned_curves": True,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True,
         "plane_grid": 21,
@@ -118,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plane-grid", type=cli.at_least_two, default=None,
                    help=preset_help("plane_grid", "grid points per side of the plane (Figure 1) of each group's first curve"))
     p.add_argument("--no-plane", action="store_true", help="skip the plane step (plane.py: Figure 1)")
+    p.add_argument("--snapshots", type=cli.nonnegative_int, default=None,
+                   help=preset_help("snapshots", "checkpoints kept per epoch along each endpoint's training (train_ae.py --snapshots)"))
+    p.add_argument("--function-space-points", type=cli.at_least_two, default=None,
+                   help=preset_help("function_space_points", "values of t per curve and segment in the function-space step"))
+    p.add_argument("--no-function-space", action="store_true",
+                   help="skip the function-space step (function_space.py: endpoints, snapshots, curve points and FGE members compared)")
     p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
     p.add_argument("--arclength", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "arclength", "also fit the first pair of each group with fit_curve.py --objective arclength and evaluate it, for the "
@@ -142,6 +151,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings["curves"] = list(curves.CURVES) if args.curve == "both" else [args.curve]
     settings.update(ensembles=not args.no_ensembles, num_bends=args.num_bends, cache_dir=args.cache_dir, download=args.download, device=args.device, preset=args.preset)
     settings["plane"] = not args.no_plane
+    settings["function_space"] = not args.no_function_space
     if len(settings["seeds"]) < 2:
         raise UserError("a study needs at least 2 seeds per group to form a pair; pass --seeds 0 1 2")
     if len(set(settings["seeds"])) != len(settings["seeds"]):
@@ -203,7 +213,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             ckpt = out / "ae" / f"{loss}_s{seed}.pt"
             argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", for_group(s["batch_size"], loss),
                     "--lr", s["lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
-                    "--vgg-layers", *s["vgg_layers"], *device, "--out", ckpt]
+                    "--vgg-layers", *s["vgg_layers"], "--snapshots", for_group(s["snapshots"], loss), *device, "--out", ckpt]
             steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
     for loss, curve in itertools.product(s["losses"], s["curves"]):
         for i, j in itertools.combinations(s["seeds"], 2):
@@ -235,6 +245,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
                 *vgg_file_flag(vgg), *device, "--out", folder]
         steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "main": ensemble.main, "argv": argv,
                       "output": folder / "ensemble.json", "inputs": [ckpt, *members]})
+    steps += function_space_steps(s, out, steps)
     figures = out / "figures"
     steps.append({"name": "plot figures", "kind": "plot", "main": plot.main, "output": figures / "index.json",
                   "argv": [*(e["output"] for e in [*evals, *planes]), "--out", figures], "inputs": [e["output"] for e in [*evals, *planes]]})
@@ -284,6 +295,26 @@ def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:
         steps.append({"name": f"plane {loss} {curve} seeds {i}-{j}", "kind": "plane", "main": plane.main, "argv": argv,
                       "output": result, "inputs": [ckpt]})
     return steps
+
+
+def function_space_steps(s: dict, out: Path, steps: list[dict]) -> list[dict]:
+    """function_space.py per loss group: its endpoints and their snapshots, its curves (the first curve
+    type's) with their segments, and the FGE members of its ensemble step when it has one."""
+    if not s["function_space"]:
+        return []
+    extra = []
+    for loss in s["losses"]:
+        ends = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]
+        snapshots = [p.with_suffix(".snapshots") for p in ends] if for_group(s["snapshots"], loss) else []
+        fits = [out / "curves" / f"{loss}_s{i}-s{j}-{s['curves'][0]}.pt" for i, j in itertools.combinations(s["seeds"], 2)]
+        ensembles = [step["output"] for step in steps if step["kind"] == "ensemble" and step["output"].parent.name == f"{loss}_{s['curves'][0]}"]
+        fge = [p.with_name("fge") for p in ensembles]
+        folder = out / "function_space" / loss
+        argv = ["--ckpts", *ends, *snapshots, *fge, "--curves", *fits, "--t-points", s["function_space_points"],
+                "--bn-images", s["bn_images"], "--device", s["device"], "--out", folder]
+        extra.append({"name": f"function space {loss}", "kind": "function_space", "main": function_space.main, "argv": argv,
+                      "output": folder / "function_space.json", "inputs": [*ends, *fits, *ensembles]})
+    return extra
 
 
 def step_key(step: dict) -> str:

@@ -53,7 +53,7 @@ def test_report_has_every_table_and_figure(study):
     text = report.read_text()
     assert report == folder / "report.md"
     for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Planes (Figure 1)", "## Objectives", "## Ensembles",
-                    "## Answer"):
+                    "## Function space", "## Answer"):
         assert heading in text
     for loss in ("mse", "perceptual"):
         assert f"figures/fig2_{loss}_bezier.png" in text and f"figures/strip_{loss}_s0-s1-bezier.png" in text
@@ -66,12 +66,23 @@ def test_report_has_every_table_and_figure(study):
     assert "*Alignment, mse group:*" in text and "*Alignment, perceptual" not in text  # the quick preset aligns the mse group only
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
-    kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["plane"] * 2 + ["ensemble"] * 2 + ["plot"]
+    kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["plane"] * 2 + ["ensemble"] * 2 + ["function_space"] * 2 + ["plot"]
     assert [s["kind"] for s in record["steps"]] == kinds  # the arc-length objective: mse only
     assert "mse_s0-s1-bezier-arclength.pt" in record["steps"][8]["output"]
     objectives = text[text.index("## Objectives"):text.index("## Ensembles")]
     assert "| mse | seeds 0–1 | uniform |" in objectives and "| mse | seeds 0–1 | arclength |" in objectives
     assert re.search(r"arc-length objective's curve has max test loss \d\.\d{3}× the uniform", objectives)
+    space = text[text.index("## Function space"):text.index("## Answer")]
+    for loss in ("mse", "perceptual"):
+        assert f"function_space/{loss}/heatmaps.png" in space and f"function_space/{loss}/embedding.png" in space
+        fs = json.loads((folder / f"function_space/{loss}/function_space.json").read_text())
+        # 2 endpoints, their snapshots (quick preset: 1 per epoch for mse, 2 for perceptual; 1 epoch), 2 FGE members
+        # (the ensemble step), one curve and its segment at 11 values of t each
+        kinds = {k: fs["kinds"].count(k) for k in set(fs["kinds"])}
+        assert kinds == {"endpoint": 2, "snapshot": {"mse": 2, "perceptual": 4}[loss], "fge member": 2, "curve point": 11, "segment point": 11}
+    # two seeds make one pair of endpoints: no standard error, and the sentence says so
+    assert re.search(r"The independent endpoints \([-\d.e]+, [\d.]+ of their own error\) are (further apart|closer) than "
+                     r"\(one pair, so no standard error\) points of one curve \([-\d.e]+ ± [-\d.e]+, ", space)
     chosen = text[text.index("#### Ensembles of 3 chosen for diversity"):]
     assert "on the first 9 images of the validation split" in chosen  # 48 // 5 = 9 valid images and "| greedy |" in chosen and "| uniform |" in chosen
     assert re.search(r"greedy is (lower|higher|no different \(within 2 SE\)): [-\d.e]+ ± ", chosen)
@@ -126,7 +137,7 @@ def test_deleting_a_curve_reruns_only_it_and_what_depends_on_it(study, capsys):
     capsys.readouterr()
     run_study.main(args)
     assert ran_steps(capsys) == ["fit mse bezier seeds 0-1", "eval mse bezier seeds 0-1", "plane mse bezier seeds 0-1",
-                                 "ensembles mse bezier", "plot figures"]
+                                 "ensembles mse bezier", "function space mse", "plot figures"]
 
 
 def test_changed_setting_reruns_the_steps_it_touches(study, capsys):
