@@ -596,10 +596,10 @@ def ensembles_section(ensembles: list[dict], report_dir: Path) -> str:
 def against_uniform(row: dict, uniform: dict) -> str:
     """A chosen ensemble's test loss against uniform's, paired over test images, in words and numbers."""
     vs = row["vs_uniform"]
-    word = "lower" if vs["diff"] < 0 else "higher"
+    size = f"{with_se(abs(vs['diff']), vs['se'])} ({pct(abs(vs['diff']) / uniform['test_loss'])})"
     if not significant(abs(vs["diff"]), vs["se"]):
-        word = "no different (within 2 SE)"
-    return f"{word}: {with_se(vs['diff'], vs['se'])} ({pct(vs['diff'] / uniform['test_loss'])})"
+        return f"no different (within 2 SE: {with_se(vs['diff'], vs['se'])})"
+    return f"{size} {'lower' if vs['diff'] < 0 else 'higher'}"
 
 
 def selection_text(e: dict, report_dir: Path) -> list[str]:
@@ -618,12 +618,12 @@ def selection_text(e: dict, report_dir: Path) -> list[str]:
     if uniform:
         said = []
         if sel.get("chosen_lambda_label"):
-            said.append(f"Chosen for diversity ({sel['chosen_lambda_label']}, the lambda of lowest validation loss), the ensemble's test "
-                        f"loss is {against_uniform(rows[sel['chosen_lambda_label']], uniform)} than evenly spaced t at the same K")
+            said.append(f"chosen for diversity ({sel['chosen_lambda_label']}, the lambda of lowest validation loss): "
+                        f"{against_uniform(rows[sel['chosen_lambda_label']], uniform)}")
         if "greedy" in rows:
-            said.append(f"greedy is {against_uniform(rows['greedy'], uniform)}")
-        said.append(f"the {rows['independent']['members']} independent endpoints are {against_uniform(rows['independent'], uniform)}")
-        text += ["; ".join(said) + ".", ""]
+            said.append(f"greedy: {against_uniform(rows['greedy'], uniform)}")
+        said.append(f"the {rows['independent']['members']} independent endpoints: {against_uniform(rows['independent'], uniform)}")
+        text += [f"Test loss against evenly spaced t at the same K (paired over test images): " + "; ".join(said) + ".", ""]
     png = path.with_name(e["files"].get("selection_png", "selection.png"))
     text += [link(png, report_dir, f"{e['loss']}: test loss against diversity of the chosen ensembles"), ""] if png.exists() else []
     return text
@@ -644,12 +644,12 @@ def further_apart(a: dict, b: dict | None, what: str) -> str:
     if b is None:
         return ""
     da, db = a["disagreement"], b["disagreement"]
-    word = "further apart than" if da["mean"] > db["mean"] else "closer than"
+    word, caveat = ("further apart than" if da["mean"] > db["mean"] else "closer than"), ""
     if da["se"] is None or db["se"] is None:
-        word += " (one pair, so no standard error)"
+        caveat = "one pair, so no standard error; "
     elif not significant(abs(da["mean"] - db["mean"]), math.hypot(da["se"], db["se"])):
         word = "no further apart (within 2 SE) than"
-    return (f"{word} {what} ({with_se(db['mean'], db['se'])}, {b['ratio_to_error']['mean']:.3g} of their own error; "
+    return (f"{word} {what} ({caveat}{with_se(db['mean'], db['se'])}, {b['ratio_to_error']['mean']:.3g} of their own error; "
             f"ratio {da['mean'] / db['mean']:.2f}×)")
 
 

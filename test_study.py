@@ -82,10 +82,10 @@ def test_report_has_every_table_and_figure(study):
         assert kinds == {"endpoint": 2, "snapshot": {"mse": 2, "perceptual": 4}[loss], "fge member": 2, "curve point": 11, "segment point": 11}
     # two seeds make one pair of endpoints: no standard error, and the sentence says so
     assert re.search(r"The independent endpoints \([-\d.e]+, [\d.]+ of their own error\) are (further apart|closer) than "
-                     r"\(one pair, so no standard error\) points of one curve \([-\d.e]+ ± [-\d.e]+, ", space)
+                     r"points of one curve \(one pair, so no standard error; [-\d.e]+ ± [-\d.e]+, ", space)
     chosen = text[text.index("#### Ensembles of 3 chosen for diversity"):]
     assert "on the first 9 images of the validation split" in chosen  # 48 // 5 = 9 valid images and "| greedy |" in chosen and "| uniform |" in chosen
-    assert re.search(r"greedy is (lower|higher|no different \(within 2 SE\)): [-\d.e]+ ± ", chosen)
+    assert re.search(r"greedy: ([\d.e-]+ ± [\d.e-]+ \([\d.]+%\) (lower|higher)|no different \(within 2 SE: [-\d.e]+ ± )", chosen)
 
 
 def test_second_run_skips_everything(study, capsys):
