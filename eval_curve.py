@@ -24,6 +24,7 @@ import align
 import cli
 import curves
 import data
+import probe
 import training
 from fit_curve import CURVE_DIR, convergence
 from files import UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
@@ -45,6 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
     p.add_argument("--aligned", action="store_true",
                    help="also evaluate the aligned segment: from A to B with B's units permuted to match A's (weight matching, align.py)")
+    p.add_argument("--probe", action="store_true",
+                   help="also fit linear probes of the 128-d code to the images' attributes at --probe-t on every path (synthetic "
+                        "faces: their generator's attributes; CelebA: list_attr_celeba; folders: none, skipped with a note), and "
+                        "the linear CKA of the code at t with the codes at the ends")
+    p.add_argument("--probe-t", type=cli.unit_float, nargs="+", default=None, metavar="T",
+                   help="values of t probed (default: those of the reconstruction grids' columns)")
+    p.add_argument("--probe-train-images", type=cli.positive_int, default=2000,
+                   help="training images whose codes fit each probe (scored on the --test-images test images)")
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
     training.add_precision_arg(p, default="fp32")
     data.add_data_args(p, inherit=True)
@@ -176,6 +185,38 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
     return out, torch.stack(recon) if recon else None
 
 
+@torch.inference_mode()
+def codes_at(net: curves.CurveNet, t: float, images: torch.Tensor, bn_images: torch.Tensor, batch_size: int,
+             device: torch.device) -> torch.Tensor:
+    """The codes z (the bottleneck) of `images` by the network at t, BatchNorm statistics recomputed at t."""
+    curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
+    net.eval()
+    net.set_t(t)
+    return torch.cat([net.net.encode(x).float().cpu()
+                      for x in data.batches(images, batch_size, device=device, memory_format=torch.channels_last)])
+
+
+def probe_paths(paths: dict, ts: list[float], images: dict, labels: dict, about: dict, *, bn_images: torch.Tensor,
+                batch_size: int, device: torch.device) -> dict:
+    """At every t of every path: linear probes of the code fitted on the training images' codes and
+    scored on the test images' (probe.probe), and the linear CKA of the test codes with those at t = 0 and 1."""
+    out = {}
+    for name, net in paths.items():
+        net = net.to(device, memory_format=torch.channels_last)
+        rows = {key: [] for key in ("accuracy", "accuracy_se", "r2", "r2_se", "cka_start", "cka_end", "attributes")}
+        ends = [codes_at(net, t, images["test"], bn_images, batch_size, device) for t in (0.0, 1.0)]
+        for t in tqdm(ts, desc=f"probes on the {name}", leave=False, disable=None, dynamic_ncols=True):
+            z = {split: codes_at(net, t, images[split], bn_images, batch_size, device) for split in ("train", "test")}
+            scores = probe.probe(z["train"], labels["train"], z["test"], labels["test"], about)
+            for key in ("accuracy", "accuracy_se", "r2", "r2_se", "attributes"):
+                rows[key].append(scores[key])
+            rows["cka_start"].append(probe.linear_cka(z["test"], ends[0]))
+            rows["cka_end"].append(probe.linear_cka(z["test"], ends[1]))
+        out[name] = rows
+        chance = scores["chance_accuracy"]
+    return {"t": ts, "chance_accuracy": chance, "paths": out}
+
+
 def fit_record(ckpt: dict) -> dict | None:
     """The fit's settings, its per-epoch history and whether it converged, for the plot and the report."""
     history = ckpt.get("history")
@@ -199,6 +240,36 @@ def save_grid(path: Path, recon: torch.Tensor) -> None:
     """PNG grid of reconstructions [columns, images, 3, H, W]: one row per image, one column per t."""
     grid = make_grid(recon.transpose(0, 1).reshape(-1, *recon.shape[2:]), nrow=recon.shape[0], padding=2, pad_value=1.0)
     atomic_write(path, lambda f: save_image(grid, f, format="png"))
+
+
+def run_probes(args: argparse.Namespace, data_cfg: dict, paths: dict, train_images: torch.Tensor, test_images: torch.Tensor,
+               bn_images: torch.Tensor, ts: list[float], columns: list[int], device: torch.device) -> dict:
+    """--probe: the probes along every path, or why there are none (a dataset without attribute labels)."""
+    train_labels, test_labels = data.load_labels(data_cfg, "train"), data.load_labels(data_cfg, "test")
+    if train_labels is None or test_labels is None:
+        reason = data.labels_unavailable(data_cfg) or "the dataset has no attribute labels"
+        print(f"note: no linear probes: {reason}")
+        return {"skipped": reason}
+    n_train, n_test = min(args.probe_train_images, len(train_images)), min(args.test_images, len(test_images))
+    images = {"train": train_images[:n_train], "test": test_images[:n_test]}
+    labels = {"train": {k: v[:n_train] for k, v in train_labels[0].items()}, "test": {k: v[:n_test] for k, v in test_labels[0].items()}}
+    probe_ts = args.probe_t if args.probe_t is not None else [ts[i] for i in columns]
+    result = probe_paths(paths, sorted(probe_ts), images, labels, train_labels[1], bn_images=bn_images,
+                         batch_size=args.eval_batch_size, device=device)
+    return {**result, "labels": train_labels[1], "train_images": n_train, "test_images": n_test, "ridge": probe.RIDGE,
+            "definition": "linear probes of the code z: ridge regression on standardised codes of the training images (one-hot "
+                          "targets, argmax, for class attributes), scored on the test images: mean accuracy over class attributes, "
+                          "mean R^2 over continuous ones, SE over test images; CKA: linear CKA of the test codes at t with those at t = 0 and 1"}
+
+
+def print_probes(probes: dict | None) -> None:
+    if not probes or "paths" not in probes:
+        return
+    print(f"\nlinear probes of the code at t = {', '.join(f'{t:.2f}' for t in probes['t'])} "
+          f"(chance accuracy {probes['chance_accuracy']:.3f}):")
+    for name, rows in probes["paths"].items():
+        print(f"{name:16} accuracy {' '.join(f'{a:.3f}' for a in rows['accuracy'])}   R^2 {' '.join(f'{r:.3f}' for r in rows['r2'])}   "
+              f"CKA with t=0 {' '.join(f'{c:.2f}' for c in rows['cka_start'])}")
 
 
 def print_table(result: dict) -> None:
@@ -258,6 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.aligned:
         paths["aligned_segment"] = align.aligned_segment(net)
         result["alignment"] = paths["aligned_segment"].alignment
+    if args.probe:
+        result["probe"] = run_probes(args, data_cfg, paths, train_images, test_images, bn_images, ts, columns, device)
     for name, path_net in paths.items():
         path_net = path_net.to(device, memory_format=torch.channels_last)
         result["paths"][name], recon[name] = evaluate_path(
@@ -277,6 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              device).name for t in args.save_t]}
     write_json(out, result)  # last: its presence means the evaluation and its images are complete
     print_table(result)
+    print_probes(result.get("probe"))
     print(f"\nwrote {out}, {npz.name}, {', '.join(png.name for png in grids.values())} ({result['seconds']:.0f}s)")
     return result
 

@@ -162,6 +162,39 @@ PLANE_LEVELS = 20  # filled contour levels of a plane figure
 PLANE_FLOOR = 1e-2  # the lowest level above the minimum, as a fraction of the range
 
 
+def draw_probe(result: dict):
+    """Linear probes of the code against t (eval_curve.py --probe): mean accuracy over class attributes
+    (chance dotted), mean R^2 over continuous ones, and the code's linear CKA with the codes at the ends."""
+    probes = result["probe"]
+    t = probes["t"]
+    panels = [(key, title) for key, title in (("accuracy", "probe accuracy (class attributes)"), ("r2", "probe R² (continuous attributes)"))
+              if any(v is not None for rows in probes["paths"].values() for v in rows[key])]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.0 * (len(panels) + 1), 4.0), squeeze=False)
+    axes = axes[0]
+    for ax, (key, title) in zip(axes, panels):
+        for path in (p for p in PATH_STYLES if p in probes["paths"]):
+            rows = probes["paths"][path]
+            ax.errorbar(t, rows[key], yerr=rows[f"{key}_se"], fmt=PATH_STYLES[path], color="C0", lw=1.8, capsize=2,
+                        label=path.replace("_", " "))
+        if key == "accuracy":
+            ax.axhline(probes["chance_accuracy"], color="gray", ls=":", lw=1, label="chance (majority class)")
+        ax.set_ylabel(title)
+    for path in (p for p in PATH_STYLES if p in probes["paths"]):
+        rows = probes["paths"][path]
+        axes[-1].plot(t, rows["cka_start"], PATH_STYLES[path], color="C1", lw=1.8, label=f"{path.replace('_', ' ')}: with z(0)")
+        axes[-1].plot(t, rows["cka_end"], PATH_STYLES[path], color="C2", lw=1.8, label=f"{path.replace('_', ' ')}: with z(1)")
+    axes[-1].set_ylabel("linear CKA of the code at t")
+    for ax in axes:
+        ax.set_xlabel("t")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{pair_label(result)}, {result['loss']}: what a linear probe reads off the code, curve (solid) vs segment (dashed); "
+                 f"{probes['train_images']} train / {probes['test_images']} test images", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plane_levels(values: np.ndarray) -> np.ndarray:
     """Contour levels at the minimum plus log-spaced fractions (PLANE_FLOOR to 1) of the range, as the
     paper's plane plots: fine near the low-loss valley, coarse on the hills."""
@@ -242,6 +275,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if result.get("fit"):
             fig = draw_fit(result)
             written.append(save_figure(fig, out / f"fit_{stem}.{args.format}", dpi=110))
+            plt.close(fig)
+        if result.get("probe", {}).get("paths"):
+            fig = draw_probe(result)
+            written.append(save_figure(fig, out / f"probe_{stem}.{args.format}", dpi=110))
             plt.close(fig)
         npz_path = Path(result["_path"]).with_name(result["files"]["npz"])
         try:

@@ -13,6 +13,7 @@ import data
 import eval_curve
 import fit_curve
 import plot
+import probe
 import train_ae
 import training
 from conftest import killed_after_epoch, tiny_args
@@ -175,3 +176,34 @@ def test_arclength_fit_is_recorded_follows_its_sampler_and_resumes_exactly(endpo
         fit_curve.main([*arc, "--out", str(tmp_path / "split.pt")])
     fit_curve.main([*arc, "--out", str(tmp_path / "split.pt"), "--resume"])
     assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "split.pt").read_bytes()
+
+
+def test_probes_along_both_paths_share_their_ends_match_the_endpoint_and_are_drawn(fitted, endpoints, tmp_path, monkeypatch):
+    out, _ = fitted
+    flags = ["--ckpt", str(out), *EVAL_FLAGS, "--probe", "--probe-train-images", "48"]
+    result = eval_curve.main([*flags, "--out", str(tmp_path / "p.eval.json")])
+    probes = result["probe"]
+    assert probes["t"] == [0.0, 0.5, 1.0] and set(probes["paths"]) == {"curve", "segment"}  # the 3 columns
+    assert probes["train_images"] == 48 and probes["test_images"] == 12
+    curve, segment = probes["paths"]["curve"], probes["paths"]["segment"]
+    for i in (0, -1):  # t = 0 and 1 are the same two networks on both paths
+        assert curve["accuracy"][i] == pytest.approx(segment["accuracy"][i]) and curve["r2"][i] == pytest.approx(segment["r2"][i])
+    assert curve["cka_start"][0] == pytest.approx(1.0) and curve["cka_end"][-1] == pytest.approx(1.0)
+    assert curve["cka_start"][-1] == pytest.approx(curve["cka_end"][0])  # CKA is symmetric
+    # t = 0 is endpoint A: the same probe from its own codes, its BatchNorm recomputed on the same images
+    model, ckpt = load_ae(endpoints[0])
+    config = ckpt["config"]["data"]
+    train, test = data.load_split(config, "train"), data.load_split(config, "test")
+    curves.update_bn(model, data.batches(train[:40], 64))
+    model.eval()
+    with torch.no_grad():
+        z = {"train": model.encode(train[:48].float() / 255), "test": model.encode(test[:12].float() / 255)}
+    (train_labels, about), (test_labels, _) = data.load_labels(config, "train"), data.load_labels(config, "test")
+    own = probe.probe(z["train"], {k: v[:48] for k, v in train_labels.items()}, z["test"], {k: v[:12] for k, v in test_labels.items()}, about)
+    assert curve["accuracy"][0] == pytest.approx(own["accuracy"]) and curve["r2"][0] == pytest.approx(own["r2"], rel=1e-4, abs=1e-6)
+    written = plot.main([str(tmp_path / "p.eval.json"), "--out", str(tmp_path / "fig")])
+    assert tmp_path / "fig" / "probe_p.png" in written
+
+    monkeypatch.setattr(data, "load_labels", lambda config, split: None)  # a dataset without labels: a note, no probes
+    monkeypatch.setattr(data, "labels_unavailable", lambda config: "no labels here")
+    assert eval_curve.main([*flags, "--out", str(tmp_path / "q.eval.json")])["probe"] == {"skipped": "no labels here"}
