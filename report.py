@@ -629,6 +629,56 @@ def selection_text(e: dict, report_dir: Path) -> list[str]:
     return text
 
 
+def probes_section(evals: list[dict], report_dir: Path, study_dir: Path) -> str:
+    """Does the code keep what a linear probe reads off it along the curve? Along the segment? (eval_curve.py --probe)"""
+    probed = [e for e in evals if e.get("probe")]
+    if not probed:
+        return ""
+    text = ["## Linear probes of the code", ""]
+    skipped = {e["probe"]["skipped"] for e in probed if "skipped" in e["probe"]}
+    probed = [e for e in probed if "paths" in e["probe"]]
+    if skipped:
+        text += [f"No probes: {'; '.join(sorted(skipped))}.", ""]
+    if not probed:
+        return "\n".join(text) + "\n"
+    first = probed[0]["probe"]
+    text += [f"A linear probe (ridge regression on the standardised 128-d code) is fitted at each probed t on "
+             f"{first['train_images']} training images' codes and scored on {first['test_images']} test images: mean accuracy "
+             f"over the {sum(a['kind'] == 'class' for a in first['labels'].values())} class attributes (chance = always the majority "
+             f"class: {first['chance_accuracy']:.3f}) and mean R² over the {sum(a['kind'] != 'class' for a in first['labels'].values())} "
+             f"continuous ones. *Ends*: the mean of t = 0 and 1; *lowest*: the lowest value at the t in between (± its SE over test "
+             f"images). CKA: the lowest linear CKA of the code at t with the codes at t = 0 and 1.", ""]
+    header = ["group", "pair", "path", "accuracy: ends", "lowest", "R²: ends", "lowest", "CKA lowest"]
+    rows, worst = [], defaultdict(lambda: defaultdict(list))
+    for e in probed:
+        for path, r in e["probe"]["paths"].items():
+            inner = range(1, len(e["probe"]["t"]) - 1)
+            row = [e["loss"], pair_label(e), path.replace("_", " ")]
+            for key in ("accuracy", "r2"):
+                if r[key][0] is None:
+                    row += ["–", "–"]
+                    continue
+                ends = (r[key][0] + r[key][-1]) / 2
+                low = min(inner, key=lambda i: r[key][i]) if inner else 0
+                row += [f"{ends:.3f}", with_se(r[key][low], r[key + '_se'][low])]
+                worst[(e["loss"], path)][key].append((ends - r[key][low], r[key + "_se"][low]))
+            row.append(f"{min(min(r['cka_start']), min(r['cka_end'])):.3f}")
+            rows.append(row)
+    text += [table(header, rows), ""]
+    for (loss, path), drops in worst.items():
+        said = []
+        for key, name in (("accuracy", "accuracy"), ("r2", "R²")):
+            if drops.get(key):
+                drop, se = max(drops[key])
+                kept = "keeps (within 2 SE)" if not significant(drop, se) else "loses"
+                said.append(f"{kept} its probe {name} (lowest in between: {-drop:+.3f} from its ends' mean, SE {se:.2g})")
+        text += [f"*{loss} group, {path.replace('_', ' ')}:* the code " + " and ".join(said) + ".", ""]
+    for e in probed:
+        found = find_figure(study_dir / "figures", f"probe_{stem(e)}")
+        text += [link(found, report_dir, f"{e['loss']} {pair_label(e)}: linear probes along t"), ""] if found else []
+    return "\n".join(text) + "\n"
+
+
 def load_function_space(study: dict, study_dir: Path) -> list[dict]:
     """The function_space.json files of the study's plan that are there, each checked to be one."""
     found = [{**read_json(p, "function_space.py"), "_path": str(p)}
@@ -761,6 +811,7 @@ def write_report(study_dir: Path, out: Path) -> Path:
                 objectives_section(s["evals"], s["arclength"]), aligned_curves_section(s["evals"], s["aligned_curves"]),
                 ensembles_section(s["ensembles"], report_dir),
                 function_space_section(load_function_space(study, study_dir), report_dir),
+                probes_section(s["evals"], report_dir, study_dir.resolve()),
                 "## Answer\n\n" + answer(s["evals"], study) + "\n"]
     return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))
 

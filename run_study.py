@@ -51,6 +51,7 @@ PRESETS = {
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
         "select": ["uniform", "greedy", "diversity"], "valid_images": 200,
         "snapshots": {"mse": 1, "perceptual": 2}, "function_space_points": 11,  # per epoch; values of t per curve and segment
+        "probe": True,
         "arclength": {"mse": True, "perceptual": False}, "aligned_curves": False,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False},
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
@@ -63,6 +64,7 @@ PRESETS = {
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
         "select": ["uniform", "greedy", "diversity"], "valid_images": 500,
         "snapshots": 1, "function_space_points": 21,
+        "probe": True,
         "arclength": True, "aligned_curves": True,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True,
         "plane_grid": 21,
@@ -125,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=preset_help("snapshots", "checkpoints kept per epoch along each endpoint's training (train_ae.py --snapshots)"))
     p.add_argument("--function-space-points", type=cli.at_least_two, default=None,
                    help=preset_help("function_space_points", "values of t per curve and segment in the function-space step"))
+    p.add_argument("--probe", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
+        "probe", "linear probes of the code along every path (eval_curve.py --probe; --no-probe skips them)"))
     p.add_argument("--no-function-space", action="store_true",
                    help="skip the function-space step (function_space.py: endpoints, snapshots, curve points and FGE members compared)")
     p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
@@ -226,6 +230,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
                           "output": ckpt, "inputs": [a, b]})
             result = ckpt.with_name(ckpt.stem + ".eval.json")
             argv = ["--ckpt", ckpt, "--num-points", s["num_points"], *subset_flags(s), *(["--aligned"] if for_group(s["aligned"], loss) else []),
+                    *(["--probe"] if s["probe"] else []),
                     *vgg_file_flag(vgg), *device, "--out", result]
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
                           "output": result, "inputs": [ckpt]})

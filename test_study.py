@@ -53,7 +53,7 @@ def test_report_has_every_table_and_figure(study):
     text = report.read_text()
     assert report == folder / "report.md"
     for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Planes (Figure 1)", "## Objectives", "## Ensembles",
-                    "## Function space", "## Answer"):
+                    "## Function space", "## Linear probes of the code", "## Answer"):
         assert heading in text
     for loss in ("mse", "perceptual"):
         assert f"figures/fig2_{loss}_bezier.png" in text and f"figures/strip_{loss}_s0-s1-bezier.png" in text
@@ -83,6 +83,11 @@ def test_report_has_every_table_and_figure(study):
     # two seeds make one pair of endpoints: no standard error, and the sentence says so
     assert re.search(r"The independent endpoints \([-\d.e]+, [\d.]+ of their own error\) are (further apart|closer) than "
                      r"points of one curve \(one pair, so no standard error; [-\d.e]+ ± [-\d.e]+, ", space)
+    probes = text[text.index("## Linear probes of the code"):text.index("## Answer")]
+    for loss in ("mse", "perceptual"):
+        for path in ("curve", "segment"):
+            assert re.search(rf"\*{loss} group, {path}:\* the code (keeps \(within 2 SE\)|loses) its probe accuracy \(.*\) and (keeps \(within 2 SE\)|loses) its probe R²", probes)
+        assert f"figures/probe_{loss}_s0-s1-bezier.png" in probes and (folder / f"figures/probe_{loss}_s0-s1-bezier.png").is_file()
     chosen = text[text.index("#### Ensembles of 3 chosen for diversity"):]
     assert "on the first 9 images of the validation split" in chosen  # 48 // 5 = 9 valid images and "| greedy |" in chosen and "| uniform |" in chosen
     assert re.search(r"greedy: ([\d.e-]+ ± [\d.e-]+ \([\d.]+%\) (lower|higher)|no different \(within 2 SE: [-\d.e]+ ± )", chosen)
