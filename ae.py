@@ -52,8 +52,10 @@ class AutoEncoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+    def forward(self, x: torch.Tensor, with_code: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction of x; with `with_code`, (reconstruction, code) from the one encoder pass."""
+        z = self.encoder(x)
+        return (self.decoder(z), z) if with_code else self.decoder(z)
 
 
 def model_config(model: AutoEncoder) -> dict:

@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_images, test_images = (data.load_split(data_cfg, split) for split in ("train", "test"))
     # eval_curve's fixed subsets: the first images of each split (splits are already in a fixed random order)
     split_images = {"train": train_images[: args.train_images], "test": test_images[: args.test_images]}
-    loss_fn = ae.loss_from_config(config, args.vgg_weights)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    loss_fn = training.objective_from_config(config, args.vgg_weights, device)  # the curve's objective (noise, L1 included)
     precision = training.resolve_precision(args.precision, device, config["loss"])
     settings = {"grid": args.grid, "margin": margin, "bn_images": min(args.bn_images, len(train_images)),
                 "train_images": len(split_images["train"]), "test_images": len(split_images["test"]),
