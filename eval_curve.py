@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
               "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"],
-              "group": training.group_of(config), **training.variant_settings(config),
+              "group": ae.group_of(config), **ae.variant_settings(config),
               "objective": config.get("objective", "uniform"), "aligned_curve": bool(config.get("aligned")),
               "vgg_weights": config.get("vgg_weights"), "vgg_layers": config.get("vgg_layers"), "model": config["model"], "data": data_cfg,
               "endpoints": [e["path"] for e in config["endpoints"]],

@@ -71,7 +71,7 @@ def check_compatible(config_a: dict, config_b: dict) -> None:
     for key, what in (("loss", "loss"), ("noise", "input noise (--noise)"), ("l1", "code L1 weight (--l1)"),
                       ("vgg_weights", "VGG16 weights of the perceptual loss"),
                       ("vgg_layers", "VGG16 layers of the perceptual loss")):
-        a, b = (training.variant_settings(c)[key] if key in ("noise", "l1") else c.get(key) for c in (config_a, config_b))
+        a, b = (ae.variant_settings(c)[key] if key in ("noise", "l1") else c.get(key) for c in (config_a, config_b))
         if a != b:
             raise UserError(f"endpoints were trained with different {what} ({a} vs {b}); "
                             f"connect two endpoints of the same loss group")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     bn_images = train_images[: args.bn_images]
     cli.seed_everything(args.seed)
     objective = training.objective_from_config(cfg_a, args.vgg_weights, device)  # the curve minimises what the endpoints did
-    group = training.group_of(cfg_a)
+    group = ae.group_of(cfg_a)
     alignment = {}  # what the config records of it
     if args.aligned:
         aligned, info = align.align(model_a.state_dict(), model_b.state_dict(), cfg_a["model"])
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     precision = training.resolve_precision(args.precision, device, cfg_a["loss"])
     endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in ((args.a, cfg_a), (args.b, cfg_b))]
     run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
-                  **training.variant_settings(cfg_a), "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
+                  **ae.variant_settings(cfg_a), "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
                   "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs, "wd": args.wd, "batch_size": args.batch_size,
                   "seed": args.seed, "precision": precision, "objective": args.objective,
                   "arclength_every": args.arclength_every if args.objective == "arclength" else None, **alignment}

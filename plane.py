@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
               "curve_ckpt": src["checkpoints"][0]["path"] if net is not None else None,
               "curve_sha256": src["checkpoints"][0]["sha256"] if net is not None else None,
               "curve": config.get("curve") if net is not None else None, "num_bends": net.num_bends if net is not None else None,
-              "checkpoints": src["checkpoints"], "loss": config["loss"], "vgg_weights": config.get("vgg_weights"),
+              "checkpoints": src["checkpoints"], "loss": config["loss"], **ae.variant_settings(config), "vgg_weights": config.get("vgg_weights"),
               "vgg_layers": config.get("vgg_layers"), "model": config["model"], "data": data_cfg,
               "endpoints": src["endpoints"], "endpoint_seeds": src["endpoint_seeds"], "settings": settings,
               "basis": {"method": "Gram-Schmidt: u = (P1 - P0) / dx, v = (P2 - P0) minus its projection on u, normalised",

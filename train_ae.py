@@ -96,7 +96,7 @@ def save_reconstructions(path: Path, model: torch.nn.Module, images: torch.Tenso
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = cli.pick_device(args.device)
-    group = training.group_name(args.loss, args.noise, args.l1)
+    group = ae.group_name(args.loss, args.noise, args.l1)
     out = Path(args.out) if args.out else default_out(group, args.seed)
     ensure_dir(out.parent)
     resume_file = training.resume_path(out)

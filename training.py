@@ -100,27 +100,12 @@ def as_objective(loss: Callable | Objective) -> Objective:
     return loss if isinstance(loss, Objective) else Objective(loss)
 
 
-def variant_settings(config: dict) -> dict:
-    """The denoising and sparsity settings a run config records (a config without them: 0, 0)."""
-    return {"noise": float(config.get("noise") or 0.0), "l1": float(config.get("l1") or 0.0)}
-
-
-def group_name(loss: str, noise: float = 0.0, l1: float = 0.0) -> str:
-    """A loss group's name: the loss, then +noise=SIGMA and +l1=LAMBDA when they are not 0 (e.g. mse+noise=0.1)."""
-    return loss + (f"+noise={noise:g}" if noise else "") + (f"+l1={l1:g}" if l1 else "")
-
-
-def group_of(config: dict) -> str:
-    """The group name of a run or evaluation config (one with `loss`, and `noise`/`l1` when not 0)."""
-    return group_name(config["loss"], **variant_settings(config))
-
-
 def objective_from_config(config: dict, vgg_file: str | None = None, device: torch.device | None = None) -> Objective:
     """The objective a checkpoint was trained with, its loss on `device` (see ae.loss_from_config)."""
     loss_fn = ae.loss_from_config(config, vgg_file)
     if isinstance(loss_fn, nn.Module) and device is not None:
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
-    return Objective(loss_fn, **variant_settings(config))
+    return Objective(loss_fn, **ae.variant_settings(config))
 
 
 def forward_loss(model: nn.Module, x: torch.Tensor, loss_fn: Callable | Objective, precision: str, device: torch.device,
