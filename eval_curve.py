@@ -191,9 +191,11 @@ def fit_record(ckpt: dict) -> dict | None:
 
 
 def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,
-               device: torch.device) -> Path:
-    """Save phi(t), with BatchNorm statistics recomputed at t, as an autoencoder checkpoint."""
-    curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
+               device: torch.device, loss_fn=ae.mse) -> Path:
+    """Save phi(t), with BatchNorm statistics recomputed at t (on the inputs `loss_fn`'s objective sees), as an
+    autoencoder checkpoint."""
+    inputs = data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
+    curves.update_bn(net, training.objective_batches(loss_fn, inputs, batch_size), t=t)
     endpoint = config["endpoints"][0]["config"]
     point_config = {**endpoint, "seed": None, "curve_point": {"curve": config["curve"], "t": t, "endpoints": [e["path"] for e in config["endpoints"]]}}
     return save_ae(path, net.export(t), point_config, {"t": t})
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         save_grid(png, recon[name])
     result["files"] = {"npz": npz.name, **{f"{name}_png": png.name for name, png in grids.items()},
                        "points": [save_point(net, t, out.with_name(f"{stem}.t{t:.3f}.pt"), config, bn_images, args.eval_batch_size,
-                                             device).name for t in args.save_t]}
+                                             device, loss_fn).name for t in args.save_t]}
     write_json(out, result)  # last: its presence means the evaluation and its images are complete
     print_table(result)
     print(f"\nwrote {out}, {npz.name}, {', '.join(png.name for png in grids.values())} ({result['seconds']:.0f}s)")

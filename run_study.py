@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return f"{text} (preset quick: {shown['quick']}, full: {shown['full']})"
 
     p.add_argument("--seeds", type=int, nargs="+", default=None, help=preset_help("seeds", "endpoint seeds per group"))
-    p.add_argument("--losses", nargs="+", choices=ae.LOSSES, default=None, help=preset_help("losses", "loss groups"))
+    p.add_argument("--losses", nargs="+", choices=ae.LOSSES, default=None, help=preset_help("losses", "plain loss groups"))
     p.add_argument("--groups", nargs="+", default=None, metavar="GROUP",
                    help="loss groups instead of --losses: a loss with optional +noise=SIGMA (denoising) and +l1=LAMBDA (sparse), "
                         "e.g. mse perceptual mse+noise=0.1 mse+l1=1e-3; settings given per loss apply to its variants")

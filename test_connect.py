@@ -10,6 +10,7 @@ from PIL import Image
 import ae
 import curves
 import data
+import ensemble
 import eval_curve
 import fit_curve
 import plot
@@ -197,3 +198,5 @@ def test_sparse_denoising_curve_is_fitted_and_evaluated_with_its_objective(tmp_p
     # the noise is fixed per image: the segment's ends are the curve's ends, value for value
     assert result["paths"]["curve"]["test_loss"][0] == result["paths"]["segment"]["test_loss"][0]
     assert result["paths"]["curve"]["test_loss"][0] > result["paths"]["curve"]["test_mse"][0]  # noisy inputs and L1 vs clean MSE
+    with pytest.raises(UserError, match="not supported yet"):
+        ensemble.main(["--ckpt", str(out), "--out", str(tmp_path / "ens")])
