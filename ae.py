@@ -7,6 +7,7 @@ curves, so BatchNorm statistics along a curve have to be recomputed (see curves.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn as nn
 from files import UserError, load_failure
 
 IMAGE_SIZE = 64
-LOSSES = ("mse", "perceptual")
+LOSSES = ("mse", "perceptual")  # a loss group is one of them, optionally denoising and/or sparse (group_name)
 
 
 def _down(c_in: int, c_out: int) -> list[nn.Module]:
@@ -52,8 +53,10 @@ class AutoEncoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+    def forward(self, x: torch.Tensor, with_code: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction of x; with `with_code`, (reconstruction, code) from the one encoder pass."""
+        z = self.encoder(x)
+        return (self.decoder(z), z) if with_code else self.decoder(z)
 
 
 def model_config(model: AutoEncoder) -> dict:
@@ -187,6 +190,39 @@ class PerceptualLoss(nn.Module):
         per_image = sum(mean_square(a.float() - b.float()) for a, b in zip(self.features(recon), target_features))
         per_image = per_image / len(target_features)
         return per_image if reduction == "none" else per_image.mean()
+
+
+def variant_settings(config: dict) -> dict:
+    """The denoising and sparsity settings a run config records (a config without them: 0, 0)."""
+    return {"noise": float(config.get("noise") or 0.0), "l1": float(config.get("l1") or 0.0)}
+
+
+def group_name(loss: str, noise: float = 0.0, l1: float = 0.0) -> str:
+    """A loss group's name: the loss, then +noise=SIGMA and +l1=LAMBDA when they are not 0 (e.g. mse+noise=0.1)."""
+    return loss + (f"+noise={noise:g}" if noise else "") + (f"+l1={l1:g}" if l1 else "")
+
+
+def parse_group(name: str) -> dict:
+    """A group name (loss[+noise=SIGMA][+l1=LAMBDA]) as {"loss", "noise", "l1"}; group_name is its inverse."""
+    loss, *parts = name.split("+")
+    settings = {"loss": loss, "noise": 0.0, "l1": 0.0}
+    try:
+        if loss not in LOSSES:
+            raise ValueError
+        for part in parts:
+            key, value = part.split("=")
+            if key not in ("noise", "l1") or float(value) < 0 or not math.isfinite(float(value)):
+                raise ValueError
+            settings[key] = float(value)
+    except ValueError:
+        raise UserError(f"cannot read the loss group {name!r}; write a loss ({', '.join(LOSSES)}) with optional "
+                        f"+noise=SIGMA and +l1=LAMBDA (both >= 0), e.g. mse+noise=0.1 or mse+l1=1e-3") from None
+    return settings
+
+
+def group_of(config: dict) -> str:
+    """The group name of a run or evaluation config (one with `loss`, and `noise`/`l1` when not 0)."""
+    return group_name(config["loss"], **variant_settings(config))
 
 
 def make_loss(name: str, vgg_weights: str = "imagenet", vgg_layers: tuple[str, ...] = VGG_DEFAULT_LAYERS):

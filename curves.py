@@ -214,9 +214,10 @@ class CurveNet(nn.Module):
             layer.coeffs = coeffs
         return t
 
-    def forward(self, x: torch.Tensor, t: float | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: float | None = None, **kwargs):
+        """The network at t (drawn uniformly when None); `kwargs` go to the wrapped model (e.g. with_code)."""
         self.set_t(torch.rand(()).item() if t is None else t)
-        return self.net(x)
+        return self.net(x, **kwargs)
 
     def import_endpoint(self, state_dict: dict, index: int, buffers: bool = False) -> None:
         """Copy a plain model's parameters into bend `index` (and, if `buffers`, its BatchNorm

@@ -625,6 +625,9 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=config["data"])
     train_images = data.load_split(data_cfg, "train")
     test_images = data.load_split(data_cfg, "test")[: args.test_images]
+    if ae.group_of(config) != config["loss"]:
+        raise UserError(f"ensembles of the {ae.group_of(config)} group are not supported yet (they score the plain loss "
+                        f"of averaged reconstructions); run ensemble.py on a curve of a plain mse or perceptual group")
     loss_fn = ae.loss_from_config(config, args.vgg_weights)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=CHANNELS_LAST)

@@ -132,6 +132,7 @@ FEATURE_CACHE_BYTES = 2 * 2**30  # keep the VGG features of the evaluation targe
 def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.device) -> dict:
     """VGG features of the fixed evaluation images, computed once for all t and both paths (the
     perceptual loss's targets never change), or Nones when they would not fit in memory."""
+    loss_fn = training.as_objective(loss_fn).loss_fn  # targets are the clean images, whatever the objective
     if not isinstance(loss_fn, ae.PerceptualLoss):
         return {split: None for split in split_images}
     per_image = sum(f.numel() * 4 for f in loss_fn.features(torch.zeros(1, 3, 64, 64, device=device)))
@@ -145,34 +146,37 @@ def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.
 def evaluate_point(net: torch.nn.Module, split_images: dict, loss_fn, *, bn_images: torch.Tensor, batch_size: int,
                    device: torch.device, t: float | None = None, features: dict | None = None,
                    precision: str = "fp32") -> dict[str, torch.Tensor]:
-    """BatchNorm statistics recomputed (for a CurveNet, at t), then the per-image loss and MSE of every
-    split: {"train_loss": tensor, "train_mse": ..., "test_loss": ..., "test_mse": ...}."""
-    curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
+    """BatchNorm statistics recomputed (for a CurveNet, at t) on the inputs the objective sees, then the per-image
+    values of every split: {"train_loss": tensor, "train_mse": ..., "test_loss": ..., "test_mse": ...}, and for a
+    sparse objective also "<split>_code_abs" and "<split>_code_zero" (training.per_image_losses)."""
+    inputs = data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
+    curves.update_bn(net, training.objective_batches(loss_fn, inputs, batch_size), t=t)
     out = {}
     for split, images in split_images.items():
         values = training.per_image_losses(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
                                            target_features=(features or {}).get(split), precision=precision)
-        out.update({f"{split}_{name}": values[name] for name in ("loss", "mse")})
+        out.update({f"{split}_{name}": value for name, value in values.items()})
     return out
 
 
 def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, loss_fn, *, bn_images: torch.Tensor,
                   shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str,
                   features: dict | None = None, precision: str = "fp32") -> dict:
-    """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`."""
+    """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`;
+    for a sparse objective also the code statistics of evaluate_point at every t (summarised only for METRICS)."""
     out = {name: [] for name in METRICS}
     out.update({f"{name}_se": [] for name in METRICS})
     out["dl"], recon, previous = [], [], None
-    per_image = {name: [] for name in METRICS}
+    per_image = {}
     net.eval()
     for i, t in enumerate(tqdm(ts, desc=desc, leave=False, disable=None, dynamic_ncols=True)):
         values = evaluate_point(net, split_images, loss_fn, bn_images=bn_images, batch_size=batch_size, device=device, t=t,
                                 features=features, precision=precision)
         for name, value in values.items():
             mean, se = training.mean_and_se(value)
-            out[name].append(mean)
-            out[f"{name}_se"].append(se)
-            per_image[name].append(value.double().numpy())
+            out.setdefault(name, []).append(mean)
+            out.setdefault(f"{name}_se", []).append(se)
+            per_image.setdefault(name, []).append(value.double().numpy())
         weights = net.weights(t)
         out["dl"].append(0.0 if previous is None else float((weights - previous).norm()))
         previous = weights
@@ -228,9 +232,11 @@ def fit_record(ckpt: dict) -> dict | None:
 
 
 def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,
-               device: torch.device) -> Path:
-    """Save phi(t), with BatchNorm statistics recomputed at t, as an autoencoder checkpoint."""
-    curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
+               device: torch.device, loss_fn=ae.mse) -> Path:
+    """Save phi(t), with BatchNorm statistics recomputed at t (on the inputs `loss_fn`'s objective sees), as an
+    autoencoder checkpoint."""
+    inputs = data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
+    curves.update_bn(net, training.objective_batches(loss_fn, inputs, batch_size), t=t)
     endpoint = config["endpoints"][0]["config"]
     point_config = {**endpoint, "seed": None, "curve_point": {"curve": config["curve"], "t": t, "endpoints": [e["path"] for e in config["endpoints"]]}}
     return save_ae(path, net.export(t), point_config, {"t": t})
@@ -273,7 +279,7 @@ def print_probes(probes: dict | None) -> None:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['curve']} curve vs segment, {result['loss']} loss ({Path(result['curve_ckpt']).name}):")
+    print(f"\n{result['curve']} curve vs segment, {result['group']} loss ({Path(result['curve_ckpt']).name}):")
     width = max(8, *map(len, result["paths"]))
     print(f"{'path':{width}} {'metric':10} {'t=0':>9} {'t=1':>9} {'max':>9} {'mean':>9} {'integral':>9} {'barrier':>9} {'rel':>7}")
     for path in result["paths"]:
@@ -301,9 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=config["data"])
     train_images = data.load_split(data_cfg, "train")
     test_images = data.load_split(data_cfg, "test")
-    loss_fn = ae.loss_from_config(config, args.vgg_weights)
-    if isinstance(loss_fn, torch.nn.Module):
-        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    loss_fn = training.objective_from_config(config, args.vgg_weights, device)  # the loss the curve was fitted with
     # Fixed subsets: the first images of each split (splits are already in a fixed random order).
     split_images = {"train": train_images[: args.train_images], "test": test_images[: args.test_images]}
     bn_images = train_images[: args.bn_images]
@@ -316,13 +320,15 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
               "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"],
+              "group": ae.group_of(config), **ae.variant_settings(config),
               "objective": config.get("objective", "uniform"), "aligned_curve": bool(config.get("aligned")),
               "vgg_weights": config.get("vgg_weights"), "vgg_layers": config.get("vgg_layers"), "model": config["model"], "data": data_cfg,
               "endpoints": [e["path"] for e in config["endpoints"]],
               "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],
               "settings": {"num_points": args.num_points, "bn_images": len(bn_images), "train_images": len(split_images["train"]),
                            "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns),
-                           "precision": precision},
+                           "precision": precision, "eval_noise_seed": training.EVAL_NOISE_SEED,
+                           **({"near_zero": training.NEAR_ZERO} if loss_fn.l1 else {})},
               "t": ts, "columns_t": [ts[i] for i in columns], "fit": fit_record(ckpt), "paths": {}}
     recon, features = {}, target_features(loss_fn, split_images, args.eval_batch_size, device)
     paths = {"curve": net, "segment": segment_of(net)}
@@ -347,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         save_grid(png, recon[name])
     result["files"] = {"npz": npz.name, **{f"{name}_png": png.name for name, png in grids.items()},
                        "points": [save_point(net, t, out.with_name(f"{stem}.t{t:.3f}.pt"), config, bn_images, args.eval_batch_size,
-                                             device).name for t in args.save_t]}
+                                             device, loss_fn).name for t in args.save_t]}
     write_json(out, result)  # last: its presence means the evaluation and its images are complete
     print_table(result)
     print_probes(result.get("probe"))

@@ -68,10 +68,12 @@ def default_out(a: str, b: str, curve: str, aligned: bool = False) -> Path:
 
 def check_compatible(config_a: dict, config_b: dict) -> None:
     """Refuse endpoints that cannot be joined by one curve, naming what differs."""
-    for key, what in (("loss", "loss"), ("vgg_weights", "VGG16 weights of the perceptual loss"),
+    for key, what in (("loss", "loss"), ("noise", "input noise (--noise)"), ("l1", "code L1 weight (--l1)"),
+                      ("vgg_weights", "VGG16 weights of the perceptual loss"),
                       ("vgg_layers", "VGG16 layers of the perceptual loss")):
-        if config_a.get(key) != config_b.get(key):
-            raise UserError(f"endpoints were trained with different {what} ({config_a.get(key)} vs {config_b.get(key)}); "
+        a, b = (ae.variant_settings(c)[key] if key in ("noise", "l1") else c.get(key) for c in (config_a, config_b))
+        if a != b:
+            raise UserError(f"endpoints were trained with different {what} ({a} vs {b}); "
                             f"connect two endpoints of the same loss group")
     for key in ("arch", "latent_dim", "width"):
         if config_a["model"].get(key) != config_b["model"].get(key):
@@ -121,9 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     test_images = data.load_split(data_cfg, "test")
     bn_images = train_images[: args.bn_images]
     cli.seed_everything(args.seed)
-    loss_fn = ae.loss_from_config(cfg_a, args.vgg_weights)
-    if isinstance(loss_fn, torch.nn.Module):
-        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    objective = training.objective_from_config(cfg_a, args.vgg_weights, device)  # the curve minimises what the endpoints did
+    group = ae.group_of(cfg_a)
     alignment = {}  # what the config records of it
     if args.aligned:
         aligned, info = align.align(model_a.state_dict(), model_b.state_dict(), cfg_a["model"])
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     precision = training.resolve_precision(args.precision, device, cfg_a["loss"])
     endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in ((args.a, cfg_a), (args.b, cfg_b))]
     run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
-                  "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
+                  **ae.variant_settings(cfg_a), "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,
                   "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs, "wd": args.wd, "batch_size": args.batch_size,
                   "seed": args.seed, "precision": precision, "objective": args.objective,
                   "arclength_every": args.arclength_every if args.objective == "arclength" else None, **alignment}
@@ -145,17 +146,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and resume_file.exists():
         start, history = training.load_resume(resume_file, net, optimizer, run_config)
         print(f"resuming {out} after epoch {start}")
-    evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
+    evaluate = dict(loss_fn=objective, batch_size=args.eval_batch_size, device=device)
 
     def middle_test_loss() -> float:
-        curves.update_bn(net, data.batches(bn_images, args.eval_batch_size, device=device, memory_format=torch.channels_last), t=0.5)
+        inputs = data.batches(bn_images, args.eval_batch_size, device=device, memory_format=torch.channels_last)
+        curves.update_bn(net, training.objective_batches(objective, inputs, args.eval_batch_size), t=0.5)
         return training.evaluate(net, test_images, t=0.5, **evaluate)["loss"]
 
     print(f"fitting a {args.curve} curve with {args.num_bends} bends between {args.a} and {args.b} "
-          f"({cfg_a['loss']} loss, {args.objective} objective, {len(train_images)} train images, device {device}, precision {precision})")
+          f"({group} loss, {args.objective} objective, {len(train_images)} train images, device {device}, precision {precision})")
     if start == 0:
         history.append({"epoch": 0, "train_loss": None, "test_loss_t05": middle_test_loss(), "seconds": 0.0})
-        print(f"epoch 0 (linear initialisation): test {cfg_a['loss']} at t=0.5 {history[0]['test_loss_t05']:.5f}")
+        print(f"epoch 0 (linear initialisation): test {group} at t=0.5 {history[0]['test_loss_t05']:.5f}")
     per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
     sampler = curves.ArcLengthSampler(net) if args.objective == "arclength" else None
 
@@ -166,14 +168,14 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(start, args.epochs):
         t0 = time.time()
         lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
-        train_loss = training.train_epoch(net, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
+        train_loss = training.train_epoch(net, train_images, objective, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           generator=training.epoch_generator(args.seed, epoch), device=device,
                                           epoch=epoch, sample_t=True, t_of=sampler, before_step=refresh,
                                           precision=precision, desc="curve")
         mid, lr = middle_test_loss(), lr_at(per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
-        print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train E_t {cfg_a['loss']} {train_loss:.5f}  "
-              f"test {cfg_a['loss']} at t=0.5 {mid:.5f}  ({time.time() - t0:.1f}s)", flush=True)
+        print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train E_t {group} {train_loss:.5f}  "
+              f"test {group} at t=0.5 {mid:.5f}  ({time.time() - t0:.1f}s)", flush=True)
         training.save_resume(resume_file, net, optimizer, epoch, history, run_config)
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_images, test_images = (data.load_split(data_cfg, split) for split in ("train", "test"))
     # eval_curve's fixed subsets: the first images of each split (splits are already in a fixed random order)
     split_images = {"train": train_images[: args.train_images], "test": test_images[: args.test_images]}
-    loss_fn = ae.loss_from_config(config, args.vgg_weights)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    loss_fn = training.objective_from_config(config, args.vgg_weights, device)  # the curve's objective (noise, L1 included)
     precision = training.resolve_precision(args.precision, device, config["loss"])
     settings = {"grid": args.grid, "margin": margin, "bn_images": min(args.bn_images, len(train_images)),
                 "train_images": len(split_images["train"]), "test_images": len(split_images["test"]),
@@ -263,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
               "curve_ckpt": src["checkpoints"][0]["path"] if net is not None else None,
               "curve_sha256": src["checkpoints"][0]["sha256"] if net is not None else None,
               "curve": config.get("curve") if net is not None else None, "num_bends": net.num_bends if net is not None else None,
-              "checkpoints": src["checkpoints"], "loss": config["loss"], "vgg_weights": config.get("vgg_weights"),
+              "checkpoints": src["checkpoints"], "loss": config["loss"], **ae.variant_settings(config), "vgg_weights": config.get("vgg_weights"),
               "vgg_layers": config.get("vgg_layers"), "model": config["model"], "data": data_cfg,
               "endpoints": src["endpoints"], "endpoint_seeds": src["endpoint_seeds"], "settings": settings,
               "basis": {"method": "Gram-Schmidt: u = (P1 - P0) / dx, v = (P2 - P0) minus its projection on u, normalised",

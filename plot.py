@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 import numpy as np  # noqa: E402
 
+import ae  # noqa: E402
 import cli  # noqa: E402
 from files import UserError, ensure_dir, save_figure  # noqa: E402
 
@@ -73,7 +74,7 @@ def pair_label(result: dict) -> str:
 
 
 def group_key(result: dict) -> str:
-    return f"{result['loss']}_{result['curve']}"
+    return f"{ae.group_of(result)}_{result['curve']}"  # the loss group (e.g. mse+noise=0.1): one Figure 2 per group
 
 
 def draw_losses(results: list[dict], title: str, log: bool = False, se: bool = False):
@@ -124,7 +125,7 @@ def draw_strip(result: dict, npz: dict):
             ax.set_xticks([])
         else:
             ax.set_xticks([(i + 0.5) * size for i in range(len(t))], [f"t={v:.2f}" for v in t], fontsize=8)
-    fig.suptitle(f"{pair_label(result)}, {result['loss']} group", fontsize=11)
+    fig.suptitle(f"{pair_label(result)}, {ae.group_of(result)} group", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for result in results:
         groups[group_key(result)].append(result)
     for key, members in sorted(groups.items()):
-        fig = draw_losses(members, f"{members[0]['loss']} autoencoders: {members[0]['curve']} curves vs segments", args.log, args.se)
+        fig = draw_losses(members, f"{ae.group_of(members[0])} autoencoders: {members[0]['curve']} curves vs segments", args.log, args.se)
         written.append(save_figure(fig, out / f"fig2_{key}.{args.format}", dpi=130))
         plt.close(fig)
     for result in results:

@@ -93,8 +93,8 @@ def load_study(study_dir: Path) -> dict:
     used = {Path(x["_path"]) for x in [*endpoints, *evals, *ensembles, *variants["arclength"], *variants["aligned_curves"]]}
     ignored = {what: sorted(p.relative_to(study_dir).as_posix() for p in study_dir.glob(pattern) if p not in used)
                for what, pattern in (("endpoints", "ae/*.json"), ("evaluations", "curves/*.eval.json"), ("ensembles", "ensembles/*/ensemble.json"))}
-    endpoints.sort(key=lambda m: (group_order(m["config"]["loss"]), m["config"].get("seed", 0)))
-    evals.sort(key=lambda e: (group_order(e["loss"]), stem(e)))
+    endpoints.sort(key=lambda m: (group_order(ae.group_of(m["config"])), m["config"].get("seed", 0)))
+    evals.sort(key=lambda e: (group_order(ae.group_of(e)), stem(e)))
     return {"study": study, "endpoints": endpoints, "evals": evals, "ensembles": ensembles, **variants, "ignored": ignored}
 
 
@@ -141,15 +141,17 @@ def eval_fits(result: dict, study: dict, study_dir: Path) -> bool:
             and all(value is None or made.get(key) == value for key, value in expected.items()))
 
 
-def group_order(loss: str) -> tuple:
-    return (ae.LOSSES.index(loss) if loss in ae.LOSSES else len(ae.LOSSES), loss)
+def group_order(group: str) -> tuple:
+    """Groups in the order of their base loss in ae.LOSSES, the plain group first, then its variants by name."""
+    loss = group.split("+")[0]
+    return (ae.LOSSES.index(loss) if loss in ae.LOSSES else len(ae.LOSSES), loss, group != loss, group)
 
 
 def by_group(evals: list[dict]) -> dict[str, list[dict]]:
-    """Evaluations by loss group, groups in the order of ae.LOSSES."""
+    """Evaluations by loss group (ae.group_of: the loss, with its noise and L1 when not 0), in group_order."""
     groups = defaultdict(list)
-    for e in sorted(evals, key=lambda e: group_order(e["loss"])):
-        groups[e["loss"]].append(e)
+    for e in sorted(evals, key=lambda e: group_order(ae.group_of(e))):
+        groups[ae.group_of(e)].append(e)
     return dict(groups)
 
 
@@ -221,7 +223,7 @@ def verdict(group_evals: list[dict]) -> dict:
     worst = max(pairs, key=lambda p: p["segment_barrier"])
     return {"worst_segment_barrier_se": worst["segment_barrier_se"],
             "mean_segment_barrier_se": mean_se([p["segment_barrier_se"] for p in pairs]),
-            "loss": group_evals[0]["loss"], "category": category, "headline": HEADLINES[category], "n_pairs": n,
+            "group": ae.group_of(group_evals[0]), "category": category, "headline": HEADLINES[category], "n_pairs": n,
             "n_low_loss": n_low, "n_segment_barriers": n_barrier, "worst_excess": max(p["excess"] for p in pairs),
             "mean_excess": mean("excess"), "worst_segment_barrier": max(p["segment_barrier"] for p in pairs),
             "mean_segment_barrier": mean("segment_barrier"), "mean_curve_barrier": mean("curve_barrier"), "pairs": pairs}
@@ -237,7 +239,7 @@ def alignment_sentence(v: dict) -> str:
     removed = lambda seg, al: pct(1 - al / seg) if seg > 0 else "n/a"  # noqa: E731
     per_pair = ", ".join(f"{p['pair']} {removed(p['segment_barrier'], p['aligned_barrier'])}" for p in pairs)
     barred = sum(p["aligned_has_barrier"] for p in pairs)
-    return (f"*Alignment, {v['loss']} group:* with B's units permuted to match A's (weight matching) the straight segment's "
+    return (f"*Alignment, {v['group']} group:* with B's units permuted to match A's (weight matching) the straight segment's "
             f"relative test barrier is {with_se(aligned, mean_se([p['aligned_barrier_se'] for p in pairs]), True)} on average "
             f"instead of {with_se(segment, mean_se([p['segment_barrier_se'] for p in pairs]), True)}, so alignment removes "
             f"{removed(segment, aligned)} of the segment's barrier (per pair: {per_pair}); the aligned segment still has a "
@@ -260,28 +262,28 @@ def verdict_sentence(v: dict) -> str:
         bad = ", ".join(f"{p['pair']}: +{with_se(p['excess'], p['excess_se'], True)}" for p in v["pairs"] if not p["low_loss"])
         text = (f"{v['n_low_loss']} of {n} fitted curves keep the max test loss within {pct(CURVE_EXCESS)} of the worse "
                 f"endpoint's; not low-loss: {bad} (worst +{pct(v['worst_excess'])})")
-    return f"**{v['loss']} group — {v['headline']}.** In numbers: {text}; {segments}."
+    return f"**{v['group']} group — {v['headline']}.** In numbers: {text}; {segments}."
 
 
 def comparison(verdicts: list[dict]) -> str:
     """One paragraph comparing the groups' segment barriers and whether their curves close the gap."""
     if len(verdicts) < 2:
-        return f"Only the {verdicts[0]['loss']} group was evaluated, so the loss groups cannot be compared."
+        return f"Only the {verdicts[0]['group']} group was evaluated, so the loss groups cannot be compared."
     ranked = sorted(verdicts, key=lambda v: -v["mean_segment_barrier"])
-    chain = " > ".join(f"{v['loss']} {pct(v['mean_segment_barrier'])} ({pct(v['worst_segment_barrier'])})" for v in ranked)
-    close = [v["loss"] for v in verdicts if v["n_low_loss"] == v["n_pairs"]]
+    chain = " > ".join(f"{v['group']} {pct(v['mean_segment_barrier'])} ({pct(v['worst_segment_barrier'])})" for v in ranked)
+    close = [v["group"] for v in verdicts if v["n_low_loss"] == v["n_pairs"]]
     if len(close) == len(verdicts):
         closing = "the fitted curves close the gap in every group"
     elif close:
         closing = f"the fitted curves close the gap only in the {', '.join(close)} group"
     else:
         closing = "the fitted curves close the gap in no group"
-    excess = ", ".join(f"{v['loss']} {pct(v['worst_excess'])}" for v in verdicts)
+    excess = ", ".join(f"{v['group']} {pct(v['worst_excess'])}" for v in verdicts)
     # a spread under one percentage point is within the rounding of the quoted numbers: call it a tie
     if ranked[0]["mean_segment_barrier"] - ranked[-1]["mean_segment_barrier"] < 0.01:
         order = "about equally high in every group"
     else:
-        order = f"highest in the {ranked[0]['loss']} group"
+        order = f"highest in the {ranked[0]['group']} group"
     return (f"Comparison: mean (worst) relative test barrier of the straight segments: {chain}, so the segments' barriers "
             f"are {order}; {closing} (worst curve excess: {excess}).")
 
@@ -306,7 +308,7 @@ def evidence(evals: list[dict], study: dict) -> str:
 def checks(evals: list[dict]) -> str:
     """Whether the numbers can be trusted: did every fit converge, and do the curves dip below both
     endpoints near the ends (a sign that the endpoints themselves are under-trained)?"""
-    pairs = [{**p, "pair": f"{e['loss']} {p['pair']}"} for e, p in zip(evals, map(pair_numbers, evals))]  # named with their group
+    pairs = [{**p, "pair": f"{ae.group_of(e)} {p['pair']}"} for e, p in zip(evals, map(pair_numbers, evals))]  # named with their group
     known = [p for p in pairs if p["converged"] is not None]
     stalled = [p for p in known if not p["converged"]]
     if not known:
@@ -388,7 +390,7 @@ def setup_section(study_dir: Path, s: dict) -> str:
     config = endpoints[0]["config"]
     data = study.get("dataset") or config.get("data", {})
     n_params = sum(p.numel() for p in ae.build_model(config["model"]).parameters())
-    groups = sorted({m["config"]["loss"] for m in endpoints}, key=group_order)
+    groups = sorted({ae.group_of(m["config"]) for m in endpoints}, key=group_order)
     vgg = study.get("vgg_weights") or next((m["config"].get("vgg_weights") for m in endpoints if m["config"].get("vgg_weights")), None)
     losses = ", ".join(g + (f" (VGG16 weights: {vgg})" if g == "perceptual" else "") for g in groups)
     epochs = ", ".join(str(x) for x in sorted({m["config"].get("epochs") for m in endpoints} - {None}))
@@ -420,16 +422,16 @@ def ignored_line(ignored: dict[str, list[str]]) -> list[str]:
 
 def endpoints_section(s: dict, report_dir: Path) -> str:
     """The endpoints' final metrics, and one reconstruction image per loss group."""
-    rows = [[m["config"]["loss"], m["config"].get("seed", "?"), f"{m['train_loss']:.4g}", f"{m['test_loss']:.4g}",
+    rows = [[ae.group_of(m["config"]), m["config"].get("seed", "?"), f"{m['train_loss']:.4g}", f"{m['test_loss']:.4g}",
              f"{m['test_mse']:.4g}", f"{m['test_psnr']:.2f}"] for m in s["endpoints"]]
     text = ["## Endpoints", "", table(["loss group", "seed", "train loss", "test loss", "test MSE", "test PSNR (dB)"], rows), ""]
     shown = set()
     for m in s["endpoints"]:  # sorted by seed: the first of each group is seed 0 when there is one
         png = Path(m["_path"]).with_suffix(".png")
-        if m["config"]["loss"] not in shown and png.exists():
-            shown.add(m["config"]["loss"])
-            text += [f"{m['config']['loss']} group, seed {m['config'].get('seed')}: test images (top) and reconstructions (bottom)", "",
-                     link(png, report_dir, f"{m['config']['loss']} reconstructions"), ""]
+        if ae.group_of(m["config"]) not in shown and png.exists():
+            shown.add(ae.group_of(m["config"]))
+            text += [f"{ae.group_of(m['config'])} group, seed {m['config'].get('seed')}: test images (top) and reconstructions (bottom)", "",
+                     link(png, report_dir, f"{ae.group_of(m['config'])} reconstructions"), ""]
     return "\n".join(text)
 
 
@@ -447,7 +449,7 @@ def curves_section(evals: list[dict]) -> str:
         rows = []
         for e in evals:
             c, g = (e["paths"][p]["summary"][f"{split}_loss"] for p in ("curve", "segment"))
-            row = [e["loss"], pair_label(e), e["curve"], f"{c['start']:.4g}", f"{c['end']:.4g}", f"{c['max']:.4g}", f"{c['mean']:.4g}",
+            row = [ae.group_of(e), pair_label(e), e["curve"], f"{c['start']:.4g}", f"{c['end']:.4g}", f"{c['max']:.4g}", f"{c['mean']:.4g}",
                    barrier_cell(c), f"{g['max']:.4g}", f"{g['mean']:.4g}", barrier_cell(g)]
             if aligned:
                 path = e["paths"].get("aligned_segment")
@@ -487,17 +489,17 @@ def fits_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str:
     for e in evals:
         fit = e.get("fit")
         if not fit:
-            rows.append([e["loss"], pair_label(e), e["curve"], "–", "–", "–", "–", "–", "no history"])
+            rows.append([ae.group_of(e), pair_label(e), e["curve"], "–", "–", "–", "–", "–", "no history"])
             continue
         h = fit["history"]
-        rows.append([e["loss"], pair_label(e), e["curve"], fit["epochs"], fit["schedule"], f"{h[0]['test_loss_t05']:.4g}",
+        rows.append([ae.group_of(e), pair_label(e), e["curve"], fit["epochs"], fit["schedule"], f"{h[0]['test_loss_t05']:.4g}",
                      f"{h[-1]['test_loss_t05']:.4g}", f"{pct(fit['last_quarter_drop'])} ({fit['last_quarter_epochs']} ep.)",
                      "yes" if fit["converged"] else "**NO**"])
     text += [table(["group", "pair", "curve", "epochs", "schedule", "test loss t=0.5, epoch 0", "last epoch",
                     "fall over last quarter", "converged"], rows), ""]
     for e in evals:
         found = find_figure(study_dir / "figures", f"fit_{stem(e)}")
-        text += [link(found, report_dir, f"{pair_label(e)} ({e['loss']}, {e['curve']}): fit history"), ""] if found else []
+        text += [link(found, report_dir, f"{pair_label(e)} ({ae.group_of(e)}, {e['curve']}): fit history"), ""] if found else []
     return "\n".join(text)
 
 
@@ -517,13 +519,13 @@ def objectives_section(evals: list[dict], arclength: list[dict]) -> str:
         pair = with_plain(fair, evals)
         for e in pair:
             c, fit = e["paths"]["curve"]["summary"]["test_loss"], e.get("fit") or {}
-            rows.append([e["loss"], pair_label(e), e.get("objective", "uniform"), f"{c['max']:.4g}", f"{c['mean']:.4g}",
+            rows.append([ae.group_of(e), pair_label(e), e.get("objective", "uniform"), f"{c['max']:.4g}", f"{c['mean']:.4g}",
                          f"{c['integral']:.4g}", barrier_cell(c), f"{e['paths']['curve']['length']:.4g}",
                          {True: "yes", False: "**NO**"}.get(fit.get("converged"), "–")])
         if len(pair) == 2:
             u, a = (e["paths"]["curve"]["summary"]["test_loss"] for e in pair)
             lu, la = (e["paths"]["curve"]["length"] for e in pair)
-            sentences.append(f"{fair['loss']} group, {pair_label(fair)}: the arc-length objective's curve has max test loss "
+            sentences.append(f"{ae.group_of(fair)} group, {pair_label(fair)}: the arc-length objective's curve has max test loss "
                              f"{a['max'] / u['max']:.3f}× the uniform objective's, mean over its length {a['integral'] / u['integral']:.3f}×, "
                              f"and is {la / lu:.3f}× as long.")
     text = ["## Objectives", "", "The paper fits the curve to E over t ~ U(0,1) of the loss; the arc-length objective draws t with density "
@@ -547,11 +549,11 @@ def aligned_curves_section(evals: list[dict], aligned: list[dict]) -> str:
             c, g = (e["paths"][p]["summary"]["test_loss"] for p in ("curve", "segment"))
             h = (e.get("fit") or {}).get("history") or [{"test_loss_t05": float("nan")}]
             seen.append((c, h))
-            rows.append([e["loss"], pair_label(e), "A and aligned B" if e.get("aligned_curve") else "A and B",
+            rows.append([ae.group_of(e), pair_label(e), "A and aligned B" if e.get("aligned_curve") else "A and B",
                          f"{h[0]['test_loss_t05']:.4g}", f"{h[-1]['test_loss_t05']:.4g}", f"{c['max']:.4g}", barrier_cell(c), barrier_cell(g)])
         if len(pair) == 2:
             (c0, h0), (c1, h1) = seen
-            sentences.append(f"{fair['loss']} group, {pair_label(fair)}: aligned first, the fit starts at t = 0.5 from "
+            sentences.append(f"{ae.group_of(fair)} group, {pair_label(fair)}: aligned first, the fit starts at t = 0.5 from "
                              f"{h1[0]['test_loss_t05']:.4g} instead of {h0[0]['test_loss_t05']:.4g} and ends at {h1[-1]['test_loss_t05']:.4g} "
                              f"instead of {h0[-1]['test_loss_t05']:.4g}; its curve's max test loss is {c1['max'] / c0['max']:.3f}× the plain curve's.")
     text = ["## Aligned curves", "", "The same pair fitted twice: between A and B, and between A and B with its units permuted to "
@@ -653,7 +655,7 @@ def probes_section(evals: list[dict], report_dir: Path, study_dir: Path) -> str:
     for e in probed:
         for path, r in e["probe"]["paths"].items():
             inner = range(1, len(e["probe"]["t"]) - 1)
-            row = [e["loss"], pair_label(e), path.replace("_", " ")]
+            row = [ae.group_of(e), pair_label(e), path.replace("_", " ")]
             for key in ("accuracy", "r2"):
                 if r[key][0] is None:
                     row += ["–", "–"]
@@ -661,7 +663,7 @@ def probes_section(evals: list[dict], report_dir: Path, study_dir: Path) -> str:
                 ends = (r[key][0] + r[key][-1]) / 2
                 low = min(inner, key=lambda i: r[key][i]) if inner else 0
                 row += [f"{ends:.3f}", with_se(r[key][low], r[key + '_se'][low])]
-                worst[(e["loss"], path)][key].append((ends - r[key][low], r[key + "_se"][low]))
+                worst[(ae.group_of(e), path)][key].append((ends - r[key][low], r[key + "_se"][low]))
             row.append(f"{min(min(r['cka_start']), min(r['cka_end'])):.3f}")
             rows.append(row)
     text += [table(header, rows), ""]
@@ -675,7 +677,7 @@ def probes_section(evals: list[dict], report_dir: Path, study_dir: Path) -> str:
         text += [f"*{loss} group, {path.replace('_', ' ')}:* the code " + " and ".join(said) + ".", ""]
     for e in probed:
         found = find_figure(study_dir / "figures", f"probe_{stem(e)}")
-        text += [link(found, report_dir, f"{e['loss']} {pair_label(e)}: linear probes along t"), ""] if found else []
+        text += [link(found, report_dir, f"{ae.group_of(e)} {pair_label(e)}: linear probes along t"), ""] if found else []
     return "\n".join(text) + "\n"
 
 
@@ -719,7 +721,7 @@ def function_space_section(results: list[dict], report_dir: Path) -> str:
         rows = [[name, c["count"], with_se(c["disagreement"]["mean"], c["disagreement"]["se"]),
                  with_se(c["ratio_to_error"]["mean"], c["ratio_to_error"]["se"]), with_se(c["weight_cosine"]["mean"], c["weight_cosine"]["se"])]
                 for name, c in summary.items() if isinstance(c, dict)]
-        loss = r.get("loss") or path.parent.name
+        loss = path.parent.name  # function_space.py's folder is named after the group
         text += ["", f"### {loss} group ({len(r['names'])} networks, {r['settings']['images']} validation images)", "", table(header, rows), ""]
         ends = summary.get("endpoints")
         if ends:
@@ -787,9 +789,9 @@ def planes_section(planes: list[dict], evals: list[dict], study_dir: Path, repor
     by_stem = {stem(e): e for e in evals}
     for p in planes:
         name = Path(p["_path"]).name.removesuffix(".plane.json")
-        text += ["", f"### {p['loss']} group, {plane_label(p)}", ""]
+        text += ["", f"### {ae.group_of(p)} group, {plane_label(p)}", ""]
         found = find_figure(study_dir / "figures", f"plane_{name}")
-        text += [link(found, report_dir, f"Figure 1: {p['loss']}, {plane_label(p)}"), ""] if found else []
+        text += [link(found, report_dir, f"Figure 1: {ae.group_of(p)}, {plane_label(p)}"), ""] if found else []
         text += [plane_sentence(p, by_stem.get(name))]
     return "\n".join(text) + "\n"
 

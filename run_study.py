@@ -86,7 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return f"{text} (preset quick: {shown['quick']}, full: {shown['full']})"
 
     p.add_argument("--seeds", type=int, nargs="+", default=None, help=preset_help("seeds", "endpoint seeds per group"))
-    p.add_argument("--losses", nargs="+", choices=ae.LOSSES, default=None, help=preset_help("losses", "loss groups"))
+    p.add_argument("--losses", nargs="+", choices=ae.LOSSES, default=None, help=preset_help("losses", "plain loss groups"))
+    p.add_argument("--groups", nargs="+", default=None, metavar="GROUP",
+                   help="loss groups instead of --losses: a loss with optional +noise=SIGMA (denoising) and +l1=LAMBDA (sparse), "
+                        "e.g. mse perceptual mse+noise=0.1 mse+l1=1e-3; settings given per loss apply to its variants")
     p.add_argument("--dataset", choices=["synthetic", "celeba", "folder"], default=None, help=preset_help("dataset", "images"))
     p.add_argument("--data-root", default=None, help="folder holding CelebA (needed by the full preset) or an image tree")
     p.add_argument("--download", action="store_true", help="download CelebA into --data-root if it is not there")
@@ -154,6 +157,13 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             settings[key] = value
     settings["curves"] = list(curves.CURVES) if args.curve == "both" else [args.curve]
     settings.update(ensembles=not args.no_ensembles, num_bends=args.num_bends, cache_dir=args.cache_dir, download=args.download, device=args.device, preset=args.preset)
+    if args.groups and args.losses:
+        raise UserError("--losses and --groups both name the loss groups; give one of them")
+    groups = [ae.group_name(**ae.parse_group(g)) for g in args.groups] if args.groups else list(settings["losses"])
+    if len(set(groups)) != len(groups):
+        raise UserError(f"--groups has repeats ({', '.join(groups)}); name each group once")
+    settings["groups"] = groups
+    settings["losses"] = list(dict.fromkeys(ae.parse_group(g)["loss"] for g in groups))
     settings["plane"] = not args.no_plane
     settings["function_space"] = not args.no_function_space
     if len(settings["seeds"]) < 2:
@@ -182,9 +192,18 @@ def choose_vgg_weights(settings: dict) -> tuple[str, str | None]:
         return "random", reason
 
 
-def for_group(value, loss: str):
-    """A setting's value for one loss group: its own entry when the setting is given per group."""
-    return value[loss] if isinstance(value, dict) else value
+def for_group(value, group: str):
+    """A setting's value for one loss group: its own entry when the setting is given per group (a
+    variant such as mse+noise=0.1 takes its base loss's entry unless it has its own)."""
+    if not isinstance(value, dict):
+        return value
+    return value[group] if group in value else value[ae.parse_group(group)["loss"]]
+
+
+def group_flags(group: str) -> list:
+    """train_ae.py's flags of a loss group: --loss, and --noise/--l1 only when not 0 (a plain group's argv is unchanged)."""
+    g = ae.parse_group(group)
+    return ["--loss", g["loss"], *(["--noise", g["noise"]] if g["noise"] else []), *(["--l1", g["l1"]] if g["l1"] else [])]
 
 
 def data_flags(s: dict) -> list[str]:
@@ -211,15 +230,16 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
     `auto` precision is resolved for the device `on` (default CPU), so a step's key names what it ran."""
     steps, evals = [], []
     device = ["--device", s["device"]]
-    precision = {loss: training.resolve_precision(s["precision"], on or torch.device("cpu"), loss) for loss in s["losses"]}
-    for loss in s["losses"]:
+    precision = {group: training.resolve_precision(s["precision"], on or torch.device("cpu"), ae.parse_group(group)["loss"])
+                 for group in s["groups"]}
+    for loss in s["groups"]:  # a loss group's name (e.g. mse, or mse+noise=0.1): in its file names, and the key of per-group settings
         for seed in s["seeds"]:
             ckpt = out / "ae" / f"{loss}_s{seed}.pt"
-            argv = ["--loss", loss, "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", for_group(s["batch_size"], loss),
+            argv = [*group_flags(loss), "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", for_group(s["batch_size"], loss),
                     "--lr", s["lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
                     "--vgg-layers", *s["vgg_layers"], "--snapshots", for_group(s["snapshots"], loss), *device, "--out", ckpt]
             steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
-    for loss, curve in itertools.product(s["losses"], s["curves"]):
+    for loss, curve in itertools.product(s["groups"], s["curves"]):
         for i, j in itertools.combinations(s["seeds"], 2):
             a, b = out / "ae" / f"{loss}_s{i}.pt", out / "ae" / f"{loss}_s{j}.pt"
             ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
@@ -238,7 +258,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
     steps += variant_steps(s, out, steps, evals)
     planes = plane_steps(s, out, vgg)
     steps += planes
-    ensemble_losses = [loss for loss in s["losses"] if loss in s["ensemble_losses"]] if s["ensembles"] else []
+    ensemble_losses = [g for g in s["groups"] if g in s["ensemble_losses"]] if s["ensembles"] else []  # plain groups only
     for loss, curve in itertools.product(ensemble_losses, s["curves"]):
         i, j = s["seeds"][:2]  # the first pair's curve; every seed's endpoint joins the endpoint ensembles
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
@@ -269,7 +289,7 @@ def variant_steps(s: dict, out: Path, steps: list[dict], evals: list[dict]) -> l
     """The fit and evaluation of every VARIANTS setting that is on for a group, on its first pair,
     with the plain fit's and evaluation's flags; evaluations of kind 'eval-<setting>'."""
     extra = []
-    for (setting, (flags, suffix, what)), loss, curve in itertools.product(VARIANTS.items(), s["losses"], s["curves"]):
+    for (setting, (flags, suffix, what)), loss, curve in itertools.product(VARIANTS.items(), s["groups"], s["curves"]):
         if not for_group(s[setting], loss):
             continue
         i, j = s["seeds"][:2]
@@ -291,7 +311,7 @@ def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:
     if not s["plane"] or s["num_bends"] != 3:
         return []
     steps = []
-    for loss, curve in itertools.product(s["losses"], s["curves"]):
+    for loss, curve in itertools.product(s["groups"], s["curves"]):
         i, j = s["seeds"][:2]
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
         result = ckpt.with_name(ckpt.stem + ".plane.json")
@@ -308,7 +328,7 @@ def function_space_steps(s: dict, out: Path, steps: list[dict]) -> list[dict]:
     if not s["function_space"]:
         return []
     extra = []
-    for loss in s["losses"]:
+    for loss in s["groups"]:
         ends = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]
         snapshots = [p.with_suffix(".snapshots") for p in ends] if for_group(s["snapshots"], loss) else []
         fits = [out / "curves" / f"{loss}_s{i}-s{j}-{s['curves'][0]}.pt" for i, j in itertools.combinations(s["seeds"], 2)]

@@ -10,6 +10,7 @@ from PIL import Image
 import ae
 import curves
 import data
+import ensemble
 import eval_curve
 import fit_curve
 import plot
@@ -207,3 +208,27 @@ def test_probes_along_both_paths_share_their_ends_match_the_endpoint_and_are_dra
     monkeypatch.setattr(data, "load_labels", lambda config, split: None)  # a dataset without labels: a note, no probes
     monkeypatch.setattr(data, "labels_unavailable", lambda config: "no labels here")
     assert eval_curve.main([*flags, "--out", str(tmp_path / "q.eval.json")])["probe"] == {"skipped": "no labels here"}
+
+
+def test_sparse_denoising_curve_is_fitted_and_evaluated_with_its_objective(tmp_path, endpoints):
+    ends = []
+    for seed in (0, 1):
+        ends.append(tmp_path / f"v{seed}.pt")
+        train_ae.main(["--seed", str(seed), "--noise", "0.1", "--l1", "1e-3", "--out", str(ends[-1]), *tiny_args(tmp_path)])
+    with pytest.raises(UserError, match=r"different input noise \(--noise\) \(0.1 vs 0.0\)"):
+        fit_curve.main(["--a", str(ends[0]), "--b", str(endpoints[1]), "--out", str(tmp_path / "no.pt")])
+    out = tmp_path / "curve.pt"
+    fit_curve.main(["--a", str(ends[0]), "--b", str(ends[1]), "--epochs", "1", "--batch-size", "16", "--bn-images", "40", "--out", str(out)])
+    assert load_curve(out)[1]["config"]["noise"] == 0.1 and load_curve(out)[1]["config"]["l1"] == 1e-3
+    result = eval_curve.main(["--ckpt", str(out), *EVAL_FLAGS])
+    assert result["group"] == "mse+noise=0.1+l1=0.001" and result["settings"]["near_zero"] == training.NEAR_ZERO
+    for path in ("curve", "segment"):
+        values = result["paths"][path]
+        for split in ("train", "test"):
+            assert len(values[f"{split}_code_abs"]) == len(values[f"{split}_code_zero"]) == 5
+            assert all(a > 0 for a in values[f"{split}_code_abs"]) and all(0 <= z <= 1 for z in values[f"{split}_code_zero"])
+    # the noise is fixed per image: the segment's ends are the curve's ends, value for value
+    assert result["paths"]["curve"]["test_loss"][0] == result["paths"]["segment"]["test_loss"][0]
+    assert result["paths"]["curve"]["test_loss"][0] > result["paths"]["curve"]["test_mse"][0]  # noisy inputs and L1 vs clean MSE
+    with pytest.raises(UserError, match="not supported yet"):
+        ensemble.main(["--ckpt", str(out), "--out", str(tmp_path / "ens")])

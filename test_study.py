@@ -16,6 +16,7 @@ import ae
 import cli
 import report
 import run_study
+from files import UserError
 from test_data import fake_celeba
 
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
@@ -304,3 +305,22 @@ def test_aligned_curves_are_a_second_fit_compared_in_the_report_not_a_pair_of_th
     assert aligned["aligned_curve"] and not plain["aligned_curve"]
     # the aligned B computes B's function: the two curves end on the same loss, through different weights
     assert aligned["paths"]["curve"]["test_mse"][-1] == pytest.approx(plain["paths"]["curve"]["test_mse"][-1], rel=1e-4)
+
+
+def test_groups_with_denoising_and_sparse_variants_get_a_section_and_verdict_each(tmp_path):
+    common = ["--no-plane", "--no-ensembles", "--no-function-space", "--no-arclength", "--no-aligned",
+              "--out", str(tmp_path / "study"), "--cache-dir", str(tmp_path / "cache")]
+    args, plain = [*MICRO, "--groups", "mse", "mse+noise=0.1", "mse+l1=1e-3", *common], [*MICRO, "--losses", "mse", *common]
+    plan = lambda argv: run_study.plan(run_study.resolve_settings(run_study.parse_args(argv)), tmp_path / "study", "random")  # noqa: E731
+    train = {s["name"]: s["argv"] for s in plan(args) if s["kind"] == "train"}
+    assert train["train mse seed 0"] == next(s["argv"] for s in plan(plain) if s["name"] == "train mse seed 0")  # plain keys unchanged
+    assert train["train mse+l1=0.001 seed 1"][:4] == ["--loss", "mse", "--l1", "0.001"]
+    assert train["train mse+noise=0.1 seed 0"][train["train mse+noise=0.1 seed 0"].index("--epochs") + 1] == "1"  # the base loss's setting
+    text = run_study.main(args).read_text()
+    assert (tmp_path / "study/ae/mse+noise=0.1_s0.pt").is_file() and (tmp_path / "study/curves/mse+l1=0.001_s0-s1-bezier.eval.json").is_file()
+    for group in ("mse", "mse+noise=0.1", "mse+l1=0.001"):
+        assert f"**{group} group — " in text and f"| {group} | seeds 0–1 |" in text and f"Figure 2: {group}, bezier" in text
+    comparison = next(line for line in text.splitlines() if "Comparison: mean (worst) relative test barrier" in line)
+    assert all(group in comparison for group in ("mse+noise=0.1", "mse+l1=0.001"))
+    with pytest.raises(UserError, match="give one of them"):
+        run_study.resolve_settings(run_study.parse_args([*MICRO, "--groups", "mse", "--losses", "mse"]))

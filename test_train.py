@@ -173,10 +173,11 @@ def test_rate_is_printed_and_recorded(tmp_path, capsys):
     assert rates[0] == rates[1] == 0.002 and 0.002 > rates[2] > 2e-5 and rates[3] == pytest.approx(2e-5)
 
 
-@pytest.mark.parametrize("schedule", ["ref", "cosine"])
-def test_resume_mid_decay_gives_the_uninterrupted_weights(tmp_path, monkeypatch, schedule):
-    """Killed after epoch 3 of 4 (the rate is falling), --resume ends on the same bytes as one run."""
-    flags = ["--schedule", schedule, *tiny_args(tmp_path, **{"--epochs": 4})]
+@pytest.mark.parametrize("schedule, variant", [("ref", []), ("cosine", ["--noise", "0.1", "--l1", "1e-3"])])
+def test_resume_mid_decay_gives_the_uninterrupted_weights(tmp_path, monkeypatch, schedule, variant):
+    """Killed after epoch 3 of 4 (the rate is falling), --resume ends on the same bytes as one run (also denoising
+    and sparse: the noise is drawn from the epoch's generator, not the global one)."""
+    flags = ["--schedule", schedule, *variant, *tiny_args(tmp_path, **{"--epochs": 4})]
     train_ae.main([*flags, "--out", str(tmp_path / "whole.pt")])
     with killed_after_epoch(monkeypatch, 2):
         train_ae.main([*flags, "--out", str(tmp_path / "split.pt")])
@@ -299,3 +300,40 @@ def test_snapshots_survive_a_resume_and_too_many_are_refused(tmp_path, monkeypat
         assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="--snapshots 5 is more than the 4 optimiser steps"):
         train_ae.main([*tiny_args(tmp_path), "--out", str(tmp_path / "x.pt"), "--snapshots", "5"])
+
+
+def test_noise_reaches_the_input_only_and_l1_adds_exactly_lambda_mean_abs_code():
+    class Echo(torch.nn.Module):  # reconstructs exactly what it sees: its loss is the distance from input to target
+        def forward(self, x):
+            return x
+
+    torch.manual_seed(0)
+    x, cpu = torch.rand(4, 3, 64, 64), torch.device("cpu")
+    objective = training.Objective(ae.mse, noise=0.3)
+    _, loss = training.forward_loss(Echo(), x, objective, "fp32", cpu, generator=torch.Generator().manual_seed(5))
+    noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1)
+    assert loss > 0.01 and torch.allclose(loss, ae.mse(noisy, x))  # the clipped noisy input against the clean target
+    model = ae.AutoEncoder(latent_dim=8, width=4).eval()
+    plain = training.forward_loss(model, x, ae.mse, "fp32", cpu)[1]
+    sparse = training.forward_loss(model, x, training.Objective(ae.mse, l1=0.5), "fp32", cpu)[1]
+    assert torch.allclose(sparse - plain, 0.5 * model.encode(x).abs().mean())
+    images = (x * 255).round().to(torch.uint8)  # as the data module stores them
+    per_image = training.per_image_losses(model, images, training.Objective(ae.mse, l1=0.5), batch_size=4, device=cpu)
+    assert torch.allclose(per_image["loss"] - per_image["mse"], 0.5 * model.encode(images.float() / 255).abs().mean(1), atol=1e-6)
+    assert set(per_image) == {"loss", "mse", "code_abs", "code_zero"}
+
+
+def test_denoising_and_sparse_training_is_seeded_recorded_and_differs_from_plain(tmp_path):
+    runs = {}
+    for name, flags in (("a", ["--noise", "0.2"]), ("b", ["--noise", "0.2"]), ("plain", []), ("sparse", ["--l1", "0.1"])):
+        train_ae.main([*flags, "--out", str(tmp_path / f"{name}.pt"), *tiny_args(tmp_path)])
+        runs[name] = weights(tmp_path / f"{name}.pt")
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    for other in ("plain", "sparse"):
+        assert not all(torch.equal(runs["a"][k], runs[other][k]) for k in runs["a"] if runs["a"][k].is_floating_point())
+    config = load_ae(tmp_path / "a.pt")[1]["config"]
+    assert (config["noise"], config["l1"], ae.group_of(config)) == (0.2, 0.0, "mse+noise=0.2")
+    assert ae.group_of({"loss": "mse"}) == "mse"  # a checkpoint written before the flags: noise and l1 are 0
+    assert ae.parse_group("perceptual+noise=0.1+l1=1e-3") == {"loss": "perceptual", "noise": 0.1, "l1": 0.001}
+    with pytest.raises(UserError, match="cannot read the loss group"):
+        ae.parse_group("mse+dropout=0.1")

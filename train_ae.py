@@ -30,7 +30,11 @@ from files import AE_FORMAT, UserError, atomic_write, ensure_dir, load_checkpoin
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
     p.add_argument("--loss", default="mse", choices=ae.LOSSES, help="training loss")
-    p.add_argument("--seed", type=int, default=0, help="fixes initialisation and data order")
+    p.add_argument("--seed", type=int, default=0, help="fixes initialisation, data order and the noise of --noise")
+    p.add_argument("--noise", type=cli.nonnegative_float, default=0.0, metavar="SIGMA",
+                   help="denoising: add Gaussian noise of std SIGMA to each input (clipped to [0, 1]); the target stays the clean image")
+    p.add_argument("--l1", type=cli.nonnegative_float, default=0.0, metavar="LAMBDA",
+                   help="sparse: add LAMBDA x mean |code| of the bottleneck to the loss")
     data.add_data_args(p)
     p.add_argument("--epochs", type=cli.positive_int, default=10)
     p.add_argument("--batch-size", type=cli.positive_int, default=128)
@@ -45,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training.add_precision_arg(p)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
     cli.add_device_arg(p)
-    p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{loss}_s{seed}.pt); .json and .png are written beside it")
+    p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{group}_s{seed}.pt, the group being the loss with "
+                                                "+noise=SIGMA, +l1=LAMBDA when given); .json and .png are written beside it")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--snapshots", type=cli.nonnegative_int, default=0, metavar="N",
                    help="keep N checkpoints per epoch, evenly spaced in optimiser steps, the last at the epoch's end, in "
@@ -53,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def default_out(loss: str, seed: int) -> Path:
-    return Path("runs/ae") / f"{loss}_s{seed}.pt"
+def default_out(group: str, seed: int) -> Path:
+    return Path("runs/ae") / f"{group}_s{seed}.pt"
 
 
 def snapshot_steps(per_epoch: int, n: int) -> list[int]:
@@ -91,7 +96,8 @@ def save_reconstructions(path: Path, model: torch.nn.Module, images: torch.Tenso
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = cli.pick_device(args.device)
-    out = Path(args.out) if args.out else default_out(args.loss, args.seed)
+    group = ae.group_name(args.loss, args.noise, args.l1)
+    out = Path(args.out) if args.out else default_out(group, args.seed)
     ensure_dir(out.parent)
     resume_file = training.resume_path(out)
     if args.resume and out.exists() and not resume_file.exists():
@@ -106,11 +112,12 @@ def main(argv: list[str] | None = None) -> dict:
     loss_fn = ae.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers))
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    objective = training.Objective(loss_fn, args.noise, args.l1)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     precision = training.resolve_precision(args.precision, device, args.loss)
     run_config = {"model": ae.model_config(model), "loss": args.loss, "seed": args.seed, "data": data_cfg,
                   "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs,
-                  "precision": precision,
+                  "precision": precision, "noise": args.noise, "l1": args.l1,
                   "vgg_weights": loss_fn.weights_name if args.loss == "perceptual" else None,
                   "vgg_layers": list(args.vgg_layers) if args.loss == "perceptual" else None}
 
@@ -120,10 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"resuming {out} after epoch {start}")
     elif args.resume:
         print(f"no {resume_file} to resume from; starting from scratch")
-    print(f"training {args.loss} autoencoder, seed {args.seed}: {len(train_images)} train / {len(test_images)} test images, "
+    print(f"training {group} autoencoder, seed {args.seed}: {len(train_images)} train / {len(test_images)} test images, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, precision {precision}"
           + (f", VGG16 weights: {run_config['vgg_weights']}, layers {', '.join(args.vgg_layers)}" if args.loss == "perceptual" else ""))
-    evaluate = dict(loss_fn=loss_fn, batch_size=args.eval_batch_size, device=device)
+    evaluate = dict(loss_fn=objective, batch_size=args.eval_batch_size, device=device)
     per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
     if args.snapshots > per_epoch:
         raise UserError(f"--snapshots {args.snapshots} is more than the {per_epoch} optimiser steps of an epoch; "
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(start, args.epochs):
         t0 = time.time()
         lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
-        train_loss = training.train_epoch(model, train_images, loss_fn, optimizer, batch_size=args.batch_size, lr_at=lr_at,
+        train_loss = training.train_epoch(model, train_images, objective, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           precision=precision,
                                           generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch,
                                           after_step=snapshot_hook(snapshot_dir, model, run_config, out, epoch, per_epoch,
@@ -141,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         lr = lr_at(per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss": test["loss"], "test_mse": test["mse"],
                         "seconds": time.time() - t0})
-        extra = f"  test mse {test['mse']:.5f}" if args.loss != "mse" else ""
-        print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train {args.loss} {train_loss:.5f}  test {args.loss} {test['loss']:.5f}"
+        extra = f"  test mse {test['mse']:.5f}" if group != "mse" else ""
+        print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train {group} {train_loss:.5f}  test {group} {test['loss']:.5f}"
               f"{extra}  ({time.time() - t0:.1f}s)", flush=True)
         training.save_resume(resume_file, model, optimizer, epoch, history, run_config)
 
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {"train_loss": final_train["loss"], "test_loss": final_test["loss"], "test_loss_se": final_test["loss_se"],
                "test_mse": final_test["mse"], "test_mse_se": final_test["mse_se"], "test_psnr": final_test["psnr"],
                "epochs": args.epochs, "schedule": args.schedule, "history": history}
-    if args.loss == "perceptual":
+    if group == "perceptual":
         metrics["test_perceptual"] = final_test["loss"]
     # the checkpoint is written last: its presence means the run (and its JSON and PNG) is complete
     save_reconstructions(out.with_suffix(".png"), model, test_images, device)
@@ -159,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": run_config, **metrics, **snapshots})
     save_ae(out, model, run_config, {**metrics, "history": training.without_timing(history)})
     resume_file.unlink(missing_ok=True)
-    print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}: test {args.loss} {final_test['loss']:.5f}, "
-          f"test mse {final_test['mse']:.5f}, test psnr {final_test['psnr']:.2f} dB")
+    print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}: test {group} {final_test['loss']:.5f}, "
+          f"test mse (clean inputs) {final_test['mse']:.5f}, test psnr {final_test['psnr']:.2f} dB")
     return metrics
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -71,14 +72,59 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def forward_loss(model: nn.Module, x: torch.Tensor, loss_fn: Callable, precision: str, device: torch.device,
-                 model_kwargs: dict | None = None, **loss_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reconstruction of `x` and its loss at `precision` (see add_precision_arg), both in fp32."""
+@dataclass(frozen=True)
+class Objective:
+    """What a loss group minimises: `loss_fn`(reconstruction, clean image) where the model sees the image
+    with Gaussian noise of std `noise` added and clipped to [0, 1] (denoising), plus `l1` times the mean
+    |code| of the bottleneck (sparse). noise = l1 = 0 is the plain autoencoder."""
+    loss_fn: Callable
+    noise: float = 0.0
+    l1: float = 0.0
+
+    def inputs(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """What the model sees of the clean batch `x`; the noise comes from `generator` (CPU), never the global RNG."""
+        if not self.noise:
+            return x
+        if generator is None:
+            raise ValueError("a denoising objective needs a generator for its noise")
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        return (x + self.noise * noise).clamp_(0, 1).contiguous(memory_format=_format_of(x))
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def as_objective(loss: Callable | Objective) -> Objective:
+    """A plain loss function is the objective without noise or L1."""
+    return loss if isinstance(loss, Objective) else Objective(loss)
+
+
+def objective_from_config(config: dict, vgg_file: str | None = None, device: torch.device | None = None) -> Objective:
+    """The objective a checkpoint was trained with, its loss on `device` (see ae.loss_from_config)."""
+    loss_fn = ae.loss_from_config(config, vgg_file)
+    if isinstance(loss_fn, nn.Module) and device is not None:
+        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    return Objective(loss_fn, **ae.variant_settings(config))
+
+
+def forward_loss(model: nn.Module, x: torch.Tensor, loss_fn: Callable | Objective, precision: str, device: torch.device,
+                 model_kwargs: dict | None = None, generator: torch.Generator | None = None, with_code: bool = False,
+                 **loss_kwargs):
+    """The reconstruction of `x` and its objective at `precision` (see add_precision_arg), both in fp32;
+    `generator` draws a denoising objective's noise. With `with_code` also the code (None without L1)."""
+    objective = as_objective(loss_fn)
+    kwargs = dict(model_kwargs or {}, **({"with_code": True} if objective.l1 else {}))
     with autocast(device, precision == "bf16"):
-        recon = model(x, **(model_kwargs or {})).float()
+        out = model(objective.inputs(x, generator), **kwargs)
+    recon, code = (out[0].float(), out[1].float()) if objective.l1 else (out.float(), None)
     with autocast(device, precision in ("bf16", "bf16-vgg")):
-        loss = loss_fn(recon, x, **loss_kwargs)
-    return recon, loss.float()
+        loss = objective.loss_fn(recon, x, **loss_kwargs)
+    loss = loss.float()
+    if objective.l1:
+        per_image = code.abs().mean(dim=1)
+        loss = loss + objective.l1 * (per_image if loss_kwargs.get("reduction") == "none" else per_image.mean())
+    return (recon, loss, code) if with_code else (recon, loss)
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
@@ -109,6 +155,7 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
     `lr_at(step)` sets the rate of every parameter group before each step (see `epoch_rates`).
     `before_step(step)` runs before step `step` (0-based) and `after_step(step)` right after its
     optimiser update, e.g. to save the weights there (train_ae.py --snapshots).
+    `loss_fn` is a loss function or an Objective, whose noise is drawn from `generator` after t.
     With `sample_t`, the model is a CurveNet and one t ~ U(0,1) is drawn per batch (the paper's
     stochastic estimate of E_t L(phi(t))), or t = t_of(u) with u ~ U(0,1) (e.g. curves.ArcLengthSampler). `precision` is resolved (no 'auto'; see
     resolve_precision). A non-finite loss raises a UserError naming the step.
@@ -132,7 +179,7 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
         if sample_t:
             u = torch.rand((), generator=generator).item()
             kwargs["t"] = u if t_of is None else t_of(u)
-        _, loss = forward_loss(model, x, loss_fn, precision, device, kwargs)
+        _, loss = forward_loss(model, x, loss_fn, precision, device, kwargs, generator=generator)
         value = loss.item()
         if not math.isfinite(value):
             lr = optimizer.defaults["lr"]  # the base rate (--lr); a schedule may have lowered the current one
@@ -157,28 +204,53 @@ def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), se
 
 
+EVAL_NOISE_SEED = 20180227  # evaluation noise: fixed per image position, the same at every t, on every path
+NEAR_ZERO = 0.1  # a code unit is near zero when |z| is below this fraction of the image's mean |z|
+
+
+def eval_noise_generator(first: int) -> torch.Generator:
+    """The noise stream of the evaluation batch whose first image is image `first` of its subset: with a fixed
+    batch size, every image gets the same noise at every t and on every path, so paired errors stay paired."""
+    return torch.Generator().manual_seed(EVAL_NOISE_SEED + first)
+
+
+def objective_batches(loss_fn: Callable | Objective, batches_of: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """The batches as the objective's model sees them in evaluation (with its fixed noise), e.g. for
+    curves.update_bn: a denoising model's BatchNorm statistics are those of noisy inputs."""
+    objective = as_objective(loss_fn)
+    for i, x in enumerate(batches_of):
+        yield objective.inputs(x, eval_noise_generator(i * batch_size))
+
+
 @torch.inference_mode()
-def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, batch_size: int, device: torch.device,
-                     t: float | None = None, memory_format=torch.channels_last,
+def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable | Objective, *, batch_size: int,
+                     device: torch.device, t: float | None = None, memory_format=torch.channels_last,
                      target_features: list | None = None, precision: str = "fp32") -> dict[str, torch.Tensor]:
-    """Per-image training loss and MSE of `model` (in eval mode) on `images`. `target_features`
-    (one entry per batch, from `ae.PerceptualLoss.features`) spares recomputing VGG features of
-    the same targets at every t."""
+    """Per-image objective ("loss", on noisy inputs for a denoising objective) and MSE on clean inputs of `model`
+    (in eval mode) on `images`; for a sparse objective also "code_abs" (mean |code|) and "code_zero" (the
+    fraction of units near zero, see NEAR_ZERO). `target_features` (one entry per batch, from
+    `ae.PerceptualLoss.features`) spares recomputing VGG features of the same targets at every t."""
+    objective = as_objective(loss_fn)
+    plain = objective.loss_fn is ae.mse and not objective.l1  # the loss is the MSE of its reconstruction
     was_training = model.training
     model.eval()
     kwargs = {} if t is None else {"t": t}
-    loss, sq = [], []
+    out = {name: [] for name in ("loss", "mse", *(("code_abs", "code_zero") if objective.l1 else ()))}
     for i, x in enumerate(batches(images, batch_size, device=device, memory_format=memory_format)):
-        extra = {} if target_features is None or loss_fn is ae.mse else {"target_features": target_features[i]}
-        recon, value = forward_loss(model, x, loss_fn, precision, device, kwargs, reduction="none", **extra)
-        if loss_fn is ae.mse:  # the loss is the MSE: computed once
-            sq.append(value.cpu())
-        else:
-            loss.append(value.cpu())
-            sq.append(ae.mse(recon, x, reduction="none").cpu())
+        extra = {} if target_features is None or objective.loss_fn is ae.mse else {"target_features": target_features[i]}
+        recon, value, code = forward_loss(model, x, objective, precision, device, kwargs, reduction="none", with_code=True,
+                                          generator=eval_noise_generator(i * batch_size), **extra)
+        out["loss"].append(value.cpu())
+        if objective.noise:  # the reconstruction of the clean image
+            with autocast(device, precision == "bf16"):
+                recon = model(x, **kwargs).float()
+        out["mse"].append(value.cpu() if plain and not objective.noise else ae.mse(recon, x, reduction="none").cpu())
+        if objective.l1:
+            size = code.abs().mean(dim=1, keepdim=True)
+            out["code_abs"].append(size.squeeze(1).cpu())
+            out["code_zero"].append((code.abs() < NEAR_ZERO * size).float().mean(dim=1).cpu())
     model.train(was_training)
-    sq = torch.cat(sq)
-    return {"loss": torch.cat(loss) if loss else sq, "mse": sq}
+    return {name: torch.cat(values) for name, values in out.items()}
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, loss_fn: Callable, **kwargs) -> dict[str, float]:
