@@ -190,34 +190,39 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
 
 
 @torch.inference_mode()
-def codes_at(net: curves.CurveNet, t: float, images: torch.Tensor, bn_images: torch.Tensor, batch_size: int,
-             device: torch.device) -> torch.Tensor:
-    """The codes z (the bottleneck) of `images` by the network at t, BatchNorm statistics recomputed at t."""
+def codes_at(net: curves.CurveNet, t: float, images: dict[str, torch.Tensor], bn_images: torch.Tensor, batch_size: int,
+             device: torch.device) -> dict[str, torch.Tensor]:
+    """The codes z (the bottleneck) of each set of `images` by the network at t, after one
+    recomputation of the BatchNorm statistics at t."""
     curves.update_bn(net, data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last), t=t)
     net.eval()
     net.set_t(t)
-    return torch.cat([net.net.encode(x).float().cpu()
-                      for x in data.batches(images, batch_size, device=device, memory_format=torch.channels_last)])
+    return {name: torch.cat([net.net.encode(x).float().cpu()
+                             for x in data.batches(x_set, batch_size, device=device, memory_format=torch.channels_last)])
+            for name, x_set in images.items()}
 
 
 def probe_paths(paths: dict, ts: list[float], images: dict, labels: dict, about: dict, *, bn_images: torch.Tensor,
                 batch_size: int, device: torch.device) -> dict:
     """At every t of every path: linear probes of the code fitted on the training images' codes and
     scored on the test images' (probe.probe), and the linear CKA of the test codes with those at t = 0 and 1."""
-    out = {}
+    out, chance = {}, None
     for name, net in paths.items():
         net = net.to(device, memory_format=torch.channels_last)
-        rows = {key: [] for key in ("accuracy", "accuracy_se", "r2", "r2_se", "cka_start", "cka_end", "attributes")}
-        ends = [codes_at(net, t, images["test"], bn_images, batch_size, device) for t in (0.0, 1.0)]
+        rows = {key: [] for key in ("accuracy", "accuracy_se", "r2", "r2_se", "attributes")}
+        test_codes = {}
         for t in tqdm(ts, desc=f"probes on the {name}", leave=False, disable=None, dynamic_ncols=True):
-            z = {split: codes_at(net, t, images[split], bn_images, batch_size, device) for split in ("train", "test")}
+            z = codes_at(net, t, images, bn_images, batch_size, device)
             scores = probe.probe(z["train"], labels["train"], z["test"], labels["test"], about)
-            for key in ("accuracy", "accuracy_se", "r2", "r2_se", "attributes"):
+            for key in rows:
                 rows[key].append(scores[key])
-            rows["cka_start"].append(probe.linear_cka(z["test"], ends[0]))
-            rows["cka_end"].append(probe.linear_cka(z["test"], ends[1]))
+            test_codes[t] = z["test"]
+            chance = scores["chance_accuracy"]
+        ends = [test_codes[t] if t in test_codes else codes_at(net, t, {"test": images["test"]}, bn_images, batch_size, device)["test"]
+                for t in (0.0, 1.0)]
+        rows["cka_start"] = [probe.linear_cka(test_codes[t], ends[0]) for t in ts]
+        rows["cka_end"] = [probe.linear_cka(test_codes[t], ends[1]) for t in ts]
         out[name] = rows
-        chance = scores["chance_accuracy"]
     return {"t": ts, "chance_accuracy": chance, "paths": out}
 
 
