@@ -100,12 +100,16 @@ def load_study(study_dir: Path) -> dict:
 
 def load_ensembles(study: dict, study_dir: Path) -> list[dict]:
     """The ensemble.json files of the study's plan that are there, each checked to be one."""
-    ensembles = [{**read_json(p, "ensemble.py"), "_path": str(p)}
-                 for p in planned(study, study_dir, "ensemble", "ensembles/*/ensemble.json") if p.is_file()]
-    for e in ensembles:
-        if e.get("format") != ENSEMBLE_FORMAT:
-            raise UserError(f"{e['_path']} is not an ensemble file of ensemble.py (format {ENSEMBLE_FORMAT}); rerun ensemble.py")
-    return ensembles
+    return load_planned(study, study_dir, "ensemble", "ensembles/*/ensemble.json", "ensemble.py", ENSEMBLE_FORMAT)
+
+
+def load_planned(study: dict, study_dir: Path, kind: str, pattern: str, script: str, fmt: str) -> list[dict]:
+    """The JSON outputs of the study's steps of `kind` that are there, each checked to be `script`'s file of format `fmt`."""
+    found = [{**read_json(p, script), "_path": str(p)} for p in planned(study, study_dir, kind, pattern) if p.is_file()]
+    for f in found:
+        if f.get("format") != fmt:
+            raise UserError(f"{f['_path']} is not a file of {script} (format {fmt}); rerun {script}")
+    return found
 
 
 def planned(study: dict, study_dir: Path, kind: str, pattern: str) -> list[Path]:
@@ -683,12 +687,8 @@ def probes_section(evals: list[dict], report_dir: Path, study_dir: Path) -> str:
 
 def load_function_space(study: dict, study_dir: Path) -> list[dict]:
     """The function_space.json files of the study's plan that are there, each checked to be one."""
-    found = [{**read_json(p, "function_space.py"), "_path": str(p)}
-             for p in planned(study, study_dir, "function_space", "function_space/*/function_space.json") if p.is_file()]
-    for f in found:
-        if f.get("format") != FUNCTION_SPACE_FORMAT:
-            raise UserError(f"{f['_path']} is not a file of function_space.py (format {FUNCTION_SPACE_FORMAT}); rerun function_space.py")
-    return found
+    return load_planned(study, study_dir, "function_space", "function_space/*/function_space.json", "function_space.py",
+                        FUNCTION_SPACE_FORMAT)
 
 
 def further_apart(a: dict, b: dict | None, what: str) -> str:
