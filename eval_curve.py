@@ -3,13 +3,16 @@
 For each of num_points values of t in [0, 1], on the curve and on the segment between the same
 endpoints (with --aligned also on the segment to B permuted to match A, align.py): BatchNorm
 statistics recomputed at t, then train and test loss (the group's loss, and MSE) as mean +-
-standard error on fixed image subsets, and the weight-space length element. Writes an
+standard error, and the weight-space length element. The default estimator evaluates a few
+anchors (the ends and --anchors) on every image of both splits and, at every other t, a fixed
+subset whose mean it corrects with the anchors' per-image losses as control variates. Writes an
 evaluation JSON (per-t values and per-path summaries with barrier heights), an npz of
 reconstructions of fixed test images, and PNG grids (rows = images, columns = t), one per path.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -41,7 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=cli.positive_int, default=4, help="fixed test images reconstructed along each path")
     p.add_argument("--columns", type=cli.at_least_two, default=None,
                    help="values of t shown in the reconstruction grids (default: 7, or num_points if fewer)")
-    add_subset_args(p, "each t")
+    add_subset_args(p, "each t", EVAL_SUBSETS)
+    p.add_argument("--estimator", default="control-variates", choices=ESTIMATORS,
+                   help="control-variates (default): the ends and --anchors are evaluated on every image of both splits, every "
+                        "other t on the subsets, whose means are corrected by regression on the anchors' per-image losses (the "
+                        "mean over the whole split, with an honest standard error); subset: the plain means of the subsets")
+    p.add_argument("--anchors", type=cli.unit_float, nargs="*", default=list(ANCHORS), metavar="T",
+                   help="control-variates only: values of t evaluated on every image besides the ends 0 and 1 "
+                        f"(default: {' '.join(map(str, ANCHORS))}: the segment's middle is far from both ends)")
     p.add_argument("--save-t", type=cli.unit_float, nargs="+", default=[], metavar="T",
                    help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
     p.add_argument("--aligned", action="store_true",
@@ -62,11 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def add_subset_args(p: argparse.ArgumentParser, where: str) -> None:
+ESTIMATORS = ("control-variates", "subset")
+ANCHORS = (0.5,)  # besides the ends; values measured in the README (Performance)
+EVAL_SUBSETS = {"bn_images": 1000, "train_images": 1000, "test_images": 1000}
+
+
+def add_subset_args(p: argparse.ArgumentParser, where: str, defaults: dict | None = None) -> None:
     """The fixed image subsets every evaluated network is measured on (the first images of each split)."""
-    p.add_argument("--bn-images", type=cli.positive_int, default=2000, help=f"training images for the BatchNorm statistics at {where}")
-    p.add_argument("--train-images", type=cli.positive_int, default=2000, help=f"training images for the train loss at {where}")
-    p.add_argument("--test-images", type=cli.positive_int, default=2000, help=f"test images for the test loss at {where}")
+    d = defaults or {"bn_images": 2000, "train_images": 2000, "test_images": 2000}
+    p.add_argument("--bn-images", type=cli.positive_int, default=d["bn_images"], help=f"training images for the BatchNorm statistics at {where}")
+    p.add_argument("--train-images", type=cli.positive_int, default=d["train_images"], help=f"training images for the train loss at {where}")
+    p.add_argument("--test-images", type=cli.positive_int, default=d["test_images"], help=f"test images for the test loss at {where}")
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
 
 
@@ -83,21 +99,52 @@ def segment_of(net: curves.CurveNet) -> curves.CurveNet:
     return curves.segment(net.template, net.state_dict_at(0.0), net.state_dict_at(1.0))
 
 
+def paired_se(diff: np.ndarray, population: int | None = None, subset_se: float = 0.0) -> float:
+    """Standard error of the mean of per-image differences (the same images at two values of t). With
+    `population` (the split's size, when the means are estimated for the whole split from these images by
+    control variates) the sampling error of the split itself, var/population, plus `subset_se`**2, the
+    estimator's own error against the whole split's mean."""
+    if len(diff) < 2:
+        return float(subset_se)
+    return float(math.sqrt(diff.var(ddof=1) / (population or len(diff)) + subset_se ** 2))
+
+
+def control_variate_mean(y: np.ndarray, controls: np.ndarray) -> dict:
+    """The regression estimator of the mean of a quantity over a whole split of N images, from its values
+    `y` on the split's first n images and `controls` [N, K] known on all N (the anchors' per-image values):
+    mean(y) + (mean of the controls over all N - over the first n) @ beta, with beta fitted by least squares
+    on the n images. Returns the estimate, `se_subset` (its standard error against the whole split's mean,
+    from the residual variance, with the finite-population correction), `se` (against the population the
+    split samples: var(y)/N added) and `r2` (the share of y's variance the controls explain)."""
+    y, controls = np.asarray(y, dtype=float), np.asarray(controls, dtype=float).reshape(len(controls), -1)
+    n, big_n = len(y), len(controls)
+    x = controls[:n] - controls[:n].mean(axis=0)
+    yc = y - y.mean()
+    beta, _, rank, _ = np.linalg.lstsq(x, yc, rcond=None) if n > controls.shape[1] + 1 else (np.zeros(controls.shape[1]), 0, 0, 0)
+    resid = yc - x @ beta
+    estimate = y.mean() + (controls.mean(axis=0) - controls[:n].mean(axis=0)) @ beta
+    dof = n - int(rank) - 1
+    residual_var = float(resid @ resid / dof) if dof > 0 else float(y.var(ddof=1)) if n > 1 else 0.0
+    se_subset = math.sqrt(residual_var / n * (1 - n / big_n)) if n < big_n else 0.0
+    total = float(yc @ yc)
+    return {"estimate": float(estimate), "se_subset": se_subset,
+            "se": math.sqrt((float(y.var(ddof=1)) if n > 1 else 0.0) / big_n + se_subset ** 2),
+            "r2": 1 - float(resid @ resid) / total if total > 0 else 1.0}
+
+
 NEAR_END = 0.25  # "near the ends": the first and last quarter of t
 
 
-def paired_se(diff: np.ndarray) -> float:
-    """Standard error of the mean of per-image differences (the same images at two values of t)."""
-    return float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-
-
-def summarize(values: list[float], t: list[float], dl: list[float], per_image: np.ndarray | None = None) -> dict:
+def summarize(values: list[float], t: list[float], dl: list[float], per_image: np.ndarray | None = None,
+              population: int | None = None, subset_se: list[float] | None = None) -> dict:
     """Ends, min, max, mean, the length-weighted mean (trapezoids weighted by the length element,
     as the reference evaluation does) and the barrier over the line between the end values.
 
     With `per_image` ([len(t), images], the same images at every t) also the standard errors of
     the barrier and of the excess of the maximum over the worse end, paired over images, and
-    `below_ends`: the deepest point near an end that lies below both ends by more than 2 SE."""
+    `below_ends`: the deepest point near an end that lies below both ends by more than 2 SE. When
+    `values` are control-variate estimates for a whole split of `population` images, `subset_se`
+    (per t; 0 at the ends, which are anchors) is each estimate's own error (see paired_se)."""
     v, t = np.asarray(values, dtype=float), np.asarray(t, dtype=float)
     dl = np.asarray(dl, dtype=float)
     excess = v - ((1 - t) * v[0] + t * v[-1])
@@ -114,19 +161,18 @@ def summarize(values: list[float], t: list[float], dl: list[float], per_image: n
     if per_image is None:
         return out
     p = np.asarray(per_image, dtype=float)
-    out["barrier_se"] = paired_se(p[i] - ((1 - t[i]) * p[0] + t[i] * p[-1]))
+    own = np.zeros(len(v)) if subset_se is None else np.asarray(subset_se, dtype=float)
+    se = lambda diff, k: paired_se(diff, population, own[k])  # noqa: E731  (k: the point compared with an end)
+    out["barrier_se"] = se(p[i] - ((1 - t[i]) * p[0] + t[i] * p[-1]), i)
     out["barrier_rel_se"] = float(out["barrier_se"] / ends_mean) if ends_mean > 0 else math.nan
-    out["excess_se"] = float(paired_se(p[top] - p[worse]) / v[worse]) if v[worse] > 0 else math.nan
+    out["excess_se"] = float(se(p[top] - p[worse], top) / v[worse]) if v[worse] > 0 else math.nan
     better = min(v[0], v[-1])
     for k in np.flatnonzero((t > 0) & (t < 1) & ((t <= NEAR_END) | (t >= 1 - NEAR_END))):
-        z = min((v[0] - v[k]) / max(paired_se(p[k] - p[0]), 1e-300), (v[-1] - v[k]) / max(paired_se(p[k] - p[-1]), 1e-300))
+        z = min((v[0] - v[k]) / max(se(p[k] - p[0], k), 1e-300), (v[-1] - v[k]) / max(se(p[k] - p[-1], k), 1e-300))
         depth = (better - v[k]) / better if better > 0 else math.nan
         if z > 2 and (out["below_ends"] is None or depth > out["below_ends"]["depth"]):
             out["below_ends"] = {"t": float(t[k]), "value": float(v[k]), "depth": float(depth), "z": float(z)}
     return out
-
-
-FEATURE_CACHE_BYTES = 2 * 2**30  # keep the VGG features of the evaluation targets when they fit in this
 
 
 def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.device) -> dict:
@@ -136,11 +182,18 @@ def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.
     if not isinstance(loss_fn, ae.PerceptualLoss):
         return {split: None for split in split_images}
     per_image = sum(f.numel() * 4 for f in loss_fn.features(torch.zeros(1, 3, 64, 64, device=device)))
-    if per_image * sum(len(v) for v in split_images.values()) > FEATURE_CACHE_BYTES:
+    if per_image * sum(len(v) for v in split_images.values()) > training.FEATURE_CACHE_BYTES:
         return {split: None for split in split_images}
     with torch.inference_mode():
         return {split: [loss_fn.features(x) for x in data.batches(images, batch_size, device=device, memory_format=torch.channels_last)]
                 for split, images in split_images.items()}
+
+
+def recompute_bn(net: torch.nn.Module, loss_fn, bn_images: torch.Tensor, batch_size: int, device: torch.device,
+                 t: float | None = None) -> None:
+    """BatchNorm statistics of `net` (for a CurveNet, at t) recomputed on `bn_images` as the objective's model sees them."""
+    inputs = data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
+    curves.update_bn(net, training.objective_batches(loss_fn, inputs, batch_size), t=t)
 
 
 def evaluate_point(net: torch.nn.Module, split_images: dict, loss_fn, *, bn_images: torch.Tensor, batch_size: int,
@@ -149,8 +202,7 @@ def evaluate_point(net: torch.nn.Module, split_images: dict, loss_fn, *, bn_imag
     """BatchNorm statistics recomputed (for a CurveNet, at t) on the inputs the objective sees, then the per-image
     values of every split: {"train_loss": tensor, "train_mse": ..., "test_loss": ..., "test_mse": ...}, and for a
     sparse objective also "<split>_code_abs" and "<split>_code_zero" (training.per_image_losses)."""
-    inputs = data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
-    curves.update_bn(net, training.objective_batches(loss_fn, inputs, batch_size), t=t)
+    recompute_bn(net, loss_fn, bn_images, batch_size, device, t)
     out = {}
     for split, images in split_images.items():
         values = training.per_image_losses(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
@@ -159,24 +211,81 @@ def evaluate_point(net: torch.nn.Module, split_images: dict, loss_fn, *, bn_imag
     return out
 
 
+def anchor_values(paths: dict, anchor_ts: list[float], population: dict, loss_fn, *, bn_images: torch.Tensor, batch_size: int,
+                  device: torch.device, precision: str = "fp32") -> dict[str, dict[float, dict[str, np.ndarray]]]:
+    """The control variates: per path, at every anchor t, the per-image values of evaluate_point on every image
+    of each split in `population`. A network met on several paths (the curve's and the segment's ends are the
+    same weights) is evaluated once."""
+    features = target_features(loss_fn, population, batch_size, device)
+    done, out = {}, {name: {} for name in paths}
+    jobs = [(name, t) for name in paths for t in anchor_ts]
+    for name, t in tqdm(jobs, desc=f"anchors ({sum(map(len, population.values()))} images each)", leave=False, disable=None,
+                        dynamic_ncols=True):
+        net = paths[name]
+        key = hashlib.sha256(net.weights(t).detach().cpu().numpy().tobytes()).hexdigest()
+        if key not in done:
+            values = evaluate_point(net, population, loss_fn, bn_images=bn_images, batch_size=batch_size, device=device, t=t,
+                                    features=features, precision=precision)
+            done[key] = {k: v.double().numpy() for k, v in values.items()}
+        out[name][t] = done[key]
+    return out
+
+
+def split_of(name: str) -> str:
+    """The split of a per-image quantity of evaluate_point ("train_loss" -> "train")."""
+    return name.split("_", 1)[0]
+
+
+def anchor_at(anchors: dict | None, t: float) -> float | None:
+    """The anchor that is this t (a grid's t may differ from it in the last bits), or None."""
+    return next((a for a in anchors or () if abs(a - t) < 1e-9), None)
+
+
 def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, loss_fn, *, bn_images: torch.Tensor,
                   shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str,
-                  features: dict | None = None, precision: str = "fp32") -> dict:
+                  features: dict | None = None, precision: str = "fp32", anchors: dict | None = None) -> dict:
     """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`;
-    for a sparse objective also the code statistics of evaluate_point at every t (summarised only for METRICS)."""
+    for a sparse objective also the code statistics of evaluate_point at every t (summarised only for METRICS).
+
+    Without `anchors`, the means of the subsets `split_images`. With `anchors` (this path's entry of
+    anchor_values: {t: per-image values on every image of each split}), the control-variate estimator: at an
+    anchor, the whole split's mean; elsewhere the subsets' means corrected by control_variate_mean, with
+    "<name>_se_subset" (the error against the whole split's mean) and "<name>_r2" beside "<name>_se"."""
     out = {name: [] for name in METRICS}
     out.update({f"{name}_se": [] for name in METRICS})
-    out["dl"], recon, previous = [], [], None
-    per_image = {}
+    out["dl"], out["estimator"], recon, previous = [], [], [], None
+    per_image, population = {}, None
+    if anchors:
+        population = {split: len(next(iter(anchors.values()))[f"{split}_loss"]) for split in split_images}
     net.eval()
     for i, t in enumerate(tqdm(ts, desc=desc, leave=False, disable=None, dynamic_ncols=True)):
-        values = evaluate_point(net, split_images, loss_fn, bn_images=bn_images, batch_size=batch_size, device=device, t=t,
-                                features=features, precision=precision)
+        anchor = anchor_at(anchors, t)
+        if anchor is None:
+            values = evaluate_point(net, split_images, loss_fn, bn_images=bn_images, batch_size=batch_size, device=device, t=t,
+                                    features=features, precision=precision)
+            values = {name: value.double().numpy() for name, value in values.items()}
+        else:  # its first images are the subsets' values
+            values = {name: full[: len(split_images[split_of(name)])] for name, full in anchors[anchor].items()}
+            if i in columns:  # the reconstructions below need the statistics at this t
+                recompute_bn(net, loss_fn, bn_images, batch_size, device, t)
+        out["estimator"].append("subset" if not anchors else "anchor" if anchor is not None else "control-variates")
         for name, value in values.items():
-            mean, se = training.mean_and_se(value)
+            if not anchors:
+                mean, se = training.mean_and_se(torch.from_numpy(value))
+                fit = None
+            elif anchor is not None:
+                full = anchors[anchor][name]
+                fit = {"estimate": float(full.mean()), "se": float(full.std(ddof=1) / math.sqrt(len(full))) if len(full) > 1 else 0.0,
+                       "se_subset": 0.0, "r2": None}
+            else:
+                fit = control_variate_mean(value, np.stack([anchors[a][name] for a in sorted(anchors)], axis=1))
+            if fit is not None:
+                mean, se = fit["estimate"], fit["se"]
+                out.setdefault(f"{name}_se_subset", []).append(fit["se_subset"])
+                out.setdefault(f"{name}_r2", []).append(fit["r2"])
             out.setdefault(name, []).append(mean)
             out.setdefault(f"{name}_se", []).append(se)
-            per_image.setdefault(name, []).append(value.double().numpy())
+            per_image.setdefault(name, []).append(value)
         weights = net.weights(t)
         out["dl"].append(0.0 if previous is None else float((weights - previous).norm()))
         previous = weights
@@ -185,7 +294,9 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
             with torch.inference_mode():
                 recon.append(net(shown, t=t).cpu())
     out["length"] = float(sum(out["dl"]))
-    out["summary"] = {name: summarize(out[name], ts, out["dl"], np.stack(per_image[name])) for name in METRICS}
+    out["summary"] = {name: summarize(out[name], ts, out["dl"], np.stack(per_image[name]),
+                                      population=population and population[split_of(name)],
+                                      subset_se=out.get(f"{name}_se_subset")) for name in METRICS}
     return out, torch.stack(recon) if recon else None
 
 
@@ -240,8 +351,7 @@ def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_imag
                device: torch.device, loss_fn=ae.mse) -> Path:
     """Save phi(t), with BatchNorm statistics recomputed at t (on the inputs `loss_fn`'s objective sees), as an
     autoencoder checkpoint."""
-    inputs = data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
-    curves.update_bn(net, training.objective_batches(loss_fn, inputs, batch_size), t=t)
+    recompute_bn(net, loss_fn, bn_images, batch_size, device, t)
     endpoint = config["endpoints"][0]["config"]
     point_config = {**endpoint, "seed": None, "curve_point": {"curve": config["curve"], "t": t, "endpoints": [e["path"] for e in config["endpoints"]]}}
     return save_ae(path, net.export(t), point_config, {"t": t})
@@ -322,6 +432,7 @@ def main(argv: list[str] | None = None) -> dict:
     columns = sorted({int(round(i * (args.num_points - 1) / (args.columns - 1))) for i in range(args.columns)})
 
     precision = training.resolve_precision(args.precision, device, config["loss"])
+    anchor_ts = sorted({0.0, 1.0, *args.anchors}) if args.estimator == "control-variates" else []
     t0 = time.time()
     result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
               "curve": config["curve"], "num_bends": config["num_bends"], "loss": config["loss"],
@@ -332,22 +443,27 @@ def main(argv: list[str] | None = None) -> dict:
               "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],
               "settings": {"num_points": args.num_points, "bn_images": len(bn_images), "train_images": len(split_images["train"]),
                            "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns),
+                           "estimator": args.estimator, "anchors": anchor_ts,
+                           "population": {"train": len(train_images), "test": len(test_images)},
                            "precision": precision, "eval_noise_seed": training.EVAL_NOISE_SEED,
                            **({"near_zero": training.NEAR_ZERO} if loss_fn.l1 else {})},
               "t": ts, "columns_t": [ts[i] for i in columns], "fit": fit_record(ckpt), "paths": {}}
-    recon, features = {}, target_features(loss_fn, split_images, args.eval_batch_size, device)
+    recon = {}
     paths = {"curve": net, "segment": segment_of(net)}
     if args.aligned:
         paths["aligned_segment"] = align.aligned_segment(net)
         result["alignment"] = paths["aligned_segment"].alignment
     if args.probe:
         result["probe"] = run_probes(args, data_cfg, paths, train_images, test_images, bn_images, ts, columns, device)
+    paths = {name: path_net.to(device, memory_format=torch.channels_last) for name, path_net in paths.items()}
+    anchors = anchor_values(paths, anchor_ts, {"train": train_images, "test": test_images}, loss_fn, bn_images=bn_images,
+                            batch_size=args.eval_batch_size, device=device, precision=precision) if anchor_ts else {}
+    features = target_features(loss_fn, split_images, args.eval_batch_size, device)  # after the anchors': one set in memory at a time
     for name, path_net in paths.items():
-        path_net = path_net.to(device, memory_format=torch.channels_last)
         result["paths"][name], recon[name] = evaluate_path(
             path_net, ts, split_images, loss_fn, bn_images=bn_images, shown=shown, columns=columns,
             batch_size=args.eval_batch_size, device=device, desc=f"{name} ({args.num_points} points)", features=features,
-            precision=precision)
+            precision=precision, anchors=anchors.get(name))
     result["seconds"] = time.time() - t0
 
     to_u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731

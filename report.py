@@ -296,8 +296,13 @@ def evidence(evals: list[dict], study: dict) -> str:
     """How much the answer rests on: the number of pairs, and the caveats of the run."""
     counts = ", ".join(f"{loss}: {len(members)}" for loss, members in by_group(evals).items())
     settings = evals[0].get("settings", {})
-    text = (f"Evidence: {len(evals)} pair(s) in all ({counts}), each evaluated at {len(evals[0]['t'])} values of t on "
-            f"{settings.get('test_images', '?')} test images.")
+    text = f"Evidence: {len(evals)} pair(s) in all ({counts}), each evaluated at {len(evals[0]['t'])} values of t on "
+    if settings.get("estimator") == "control-variates":
+        anchors = ", ".join(f"{t:g}" for t in settings.get("anchors", []))
+        text += (f"all {settings['population']['test']} test images: at t = {anchors} every image, elsewhere "
+                 f"{settings.get('test_images', '?')} images whose mean is corrected by control variates (the per-image losses at those t).")
+    else:
+        text += f"{settings.get('test_images', '?')} test images."
     if any(len(members) < 2 for members in by_group(evals).values()):
         text += " A group with a single pair rests on one curve: an observation, not a pattern."
     if study.get("preset") == "quick":

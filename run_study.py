@@ -46,7 +46,7 @@ PRESETS = {
     "quick": {  # built-in synthetic faces, sized for a 2-core CPU (11 min 22 s on this project's machine, see README)
         "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
         "width": 16, "latent_dim": 128, "batch_size": {"mse": 32, "perceptual": 16}, "epochs": {"mse": 16, "perceptual": 5},
-        "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "precision": "auto", "num_points": 31, "bn_images": 200,
+        "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "precision": "auto", "num_points": 31, "estimator": "control-variates", "bn_images": 200,
         "train_images": 64, "test_images": 64, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2"],
         "fge_cycles": 2, "fge_cycle": 0.5, "ensemble_k": 4, "ensemble_points": 11, "sse": False, "ensemble_losses": ["mse"],
         "select": ["uniform", "greedy", "diversity"], "valid_images": 200,
@@ -59,7 +59,7 @@ PRESETS = {
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
         "width": 32, "latent_dim": 128, "batch_size": 128, "epochs": 30, "lr": 1e-3,
-        "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "precision": "auto", "num_points": 61, "bn_images": 5000, "train_images": 5000,
+        "curve_epochs": 30, "curve_lr": 1e-3, "schedule": "ref", "precision": "auto", "num_points": 61, "estimator": "control-variates", "bn_images": 5000, "train_images": 5000,
         "test_images": 5000, "vgg_weights": "imagenet", "vgg_layers": ["relu1_2", "relu2_2", "relu3_3"],
         "fge_cycles": 4, "fge_cycle": 2.0, "ensemble_k": 5, "ensemble_points": 21, "sse": True, "ensemble_losses": ["mse", "perceptual"],
         "select": ["uniform", "greedy", "diversity"], "valid_images": 500,
@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, text in texts.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=cli.positive_int, default=None, help=preset_help(key, text))
     p.add_argument("--num-points", type=cli.at_least_two, default=None, help=preset_help("num_points", "values of t evaluated per path"))
+    p.add_argument("--estimator", choices=eval_curve.ESTIMATORS, default=None,
+                   help=preset_help("estimator", "how the evaluations estimate each loss (eval_curve.py --estimator)"))
     p.add_argument("--lr", type=cli.positive_float, default=None, help=preset_help("lr", "endpoint learning rate"))
     p.add_argument("--curve-lr", type=cli.positive_float, default=None, help=preset_help("curve_lr", "curve learning rate"))
     p.add_argument("--schedule", choices=training.SCHEDULES, default=None,
@@ -249,7 +251,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "main": fit_curve.main, "argv": argv,
                           "output": ckpt, "inputs": [a, b]})
             result = ckpt.with_name(ckpt.stem + ".eval.json")
-            argv = ["--ckpt", ckpt, "--num-points", s["num_points"], *subset_flags(s), *(["--aligned"] if for_group(s["aligned"], loss) else []),
+            argv = ["--ckpt", ckpt, "--num-points", s["num_points"], *subset_flags(s), "--estimator", s["estimator"], *(["--aligned"] if for_group(s["aligned"], loss) else []),
                     *(["--probe"] if s["probe"] else []),
                     *vgg_file_flag(vgg), *device, "--out", result]
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -55,19 +56,59 @@ def test_evaluation_has_every_point_for_both_paths(fitted):
         assert result["paths"][path]["dl"][0] == 0 and all(d > 0 for d in result["paths"][path]["dl"][1:])
 
 
-def test_segment_ends_are_the_endpoints_own_losses(fitted, endpoints):
+def test_segment_ends_are_the_endpoints_own_losses_on_every_image(fitted, endpoints):
+    # the default estimator evaluates the ends (anchors) on every image of both splits
     out, result = fitted
     config = load_curve(out)[1]["config"]
     train_images = data.load_split(config["data"], "train")
     test_images = data.load_split(config["data"], "test")
+    assert result["settings"]["population"] == {"train": len(train_images), "test": len(test_images)}
+    assert len(train_images) > 40  # the train subset is smaller than its split (the test subset is the whole split)
     for index, t in ((0, 0.0), (1, 1.0)):
         model = load_ae(endpoints[index])[0]
         curves.update_bn(model, data.batches(train_images[:40], 500))
-        for split, images in (("train", train_images[:40]), ("test", test_images[:12])):
+        for split, images in (("train", train_images), ("test", test_images)):
             own = training.evaluate(model, images, ae.mse, batch_size=500, device=torch.device("cpu"))
             position = result["t"].index(t)
-            assert result["paths"]["segment"][f"{split}_loss"][position] == pytest.approx(own["loss"], rel=1e-5)
-            assert result["paths"]["curve"][f"{split}_loss"][position] == pytest.approx(own["loss"], rel=1e-5)
+            for path in ("segment", "curve"):
+                assert result["paths"][path][f"{split}_loss"][position] == pytest.approx(own["loss"], rel=1e-5)
+                assert result["paths"][path][f"{split}_loss_se_subset"][position] == 0
+
+
+def test_control_variate_points_land_within_their_error_of_the_whole_split(fitted):
+    out, result = fitted
+    net, ckpt = load_curve(out)
+    train_images = data.load_split(ckpt["config"]["data"], "train")
+    test_images = data.load_split(ckpt["config"]["data"], "test")
+    assert result["settings"]["estimator"] == "control-variates" and result["settings"]["anchors"] == [0.0, 0.5, 1.0]
+    path = result["paths"]["curve"]
+    assert path["estimator"] == ["anchor", "control-variates", "anchor", "control-variates", "anchor"]
+    for position in (1, 3):
+        t = result["t"][position]
+        curves.update_bn(net, data.batches(train_images[:40], 500), t=t)
+        exact = {split: training.evaluate(net, images, ae.mse, batch_size=500, device=torch.device("cpu"), t=t)["loss"]
+                 for split, images in (("train", train_images), ("test", test_images))}
+        subset = training.evaluate(net, train_images[:40], ae.mse, batch_size=500, device=torch.device("cpu"), t=t)["loss"]
+        own = path["train_loss_se_subset"][position]
+        assert 0 < own < path["train_loss_se"][position]
+        assert abs(path["train_loss"][position] - exact["train"]) < 4 * own, t
+        # the correction is the point: closer to the whole split than the subset's plain mean
+        assert abs(path["train_loss"][position] - exact["train"]) < abs(subset - exact["train"]), t
+        # the test subset is the whole test split: its mean, exactly, and no error of its own
+        assert path["test_loss"][position] == pytest.approx(exact["test"], rel=1e-5) and path["test_loss_se_subset"][position] == 0
+
+
+def test_subset_estimator_gives_the_subsets_plain_means(fitted, tmp_path):
+    out, _ = fitted
+    result = eval_curve.main(["--ckpt", str(out), *EVAL_FLAGS, "--estimator", "subset", "--out", str(tmp_path / "e.json")])
+    net, ckpt = load_curve(out)
+    train_images = data.load_split(ckpt["config"]["data"], "train")
+    assert result["settings"]["estimator"] == "subset" and result["settings"]["anchors"] == []
+    assert result["paths"]["segment"]["estimator"] == ["subset"] * 5 and "train_loss_se_subset" not in result["paths"]["segment"]
+    curves.update_bn(net, data.batches(train_images[:40], 500), t=0.25)
+    own = training.evaluate(net, train_images[:40], ae.mse, batch_size=500, device=torch.device("cpu"), t=0.25)
+    assert result["paths"]["curve"]["train_loss"][1] == pytest.approx(own["loss"], rel=1e-5)
+    assert result["paths"]["curve"]["train_loss_se"][1] == pytest.approx(own["loss_se"], rel=1e-5)
 
 
 def test_fitted_curve_beats_its_linear_initialisation(fitted):
@@ -116,6 +157,24 @@ def test_grids_and_plots_are_pngs_of_the_expected_size(fitted, tmp_path):
         with Image.open(path) as png:
             assert png.format == "PNG" and png.size[0] > 400 and png.size[1] > 200
     assert [p.suffix for p in plot.main([str(eval_json), "--out", str(tmp_path / "pdf"), "--format", "pdf"])] == [".pdf"] * 4
+
+
+def test_reconstructions_at_the_anchors_are_the_endpoints_own(fitted, endpoints):
+    # t = 0, 0.5, 1 are the grid's columns and the estimator's anchors, whose losses are not recomputed per t:
+    # their reconstructions must still come from BatchNorm statistics recomputed at that t
+    out, result = fitted
+    recon = np.load(out.with_name("curve.eval.npz"))
+    assert result["columns_t"] == [0.0, 0.5, 1.0]
+    train_images = data.load_split(load_curve(out)[1]["config"]["data"], "train")
+    shown = torch.from_numpy(recon["originals"]).float() / 255
+    for column, index in ((0, 0), (2, 1)):
+        model = load_ae(endpoints[index])[0]
+        curves.update_bn(model, data.batches(train_images[:40], 500))
+        model.eval()
+        with torch.no_grad():
+            own = (model(shown).clamp(0, 1) * 255).round()
+        for path in ("curve", "segment"):
+            assert (torch.from_numpy(recon[path][column]).float() - own).abs().max() <= 1, (path, column)
 
 
 def test_mismatched_endpoints_are_refused(endpoints, tmp_path):
@@ -232,3 +291,32 @@ def test_sparse_denoising_curve_is_fitted_and_evaluated_with_its_objective(tmp_p
     assert result["paths"]["curve"]["test_loss"][0] > result["paths"]["curve"]["test_mse"][0]  # noisy inputs and L1 vs clean MSE
     with pytest.raises(UserError, match="not supported yet"):
         ensemble.main(["--ckpt", str(out), "--out", str(tmp_path / "ens")])
+
+
+# ---------------------------------------------------------------- the control-variate estimator of eval_curve
+
+def test_control_variate_mean_is_exact_when_the_controls_explain_everything():
+    rng = np.random.default_rng(0)
+    controls = rng.gamma(2.0, 1.0, size=(4000, 3))
+    y = 0.3 + controls @ np.array([0.5, -0.2, 1.5])  # the quantity on all 4,000 images
+    fit = eval_curve.control_variate_mean(y[:300], controls)
+    assert fit["estimate"] == pytest.approx(y.mean(), rel=1e-10) and fit["r2"] == pytest.approx(1.0)
+    assert fit["se_subset"] < 1e-9 * y.mean()
+    full = eval_curve.control_variate_mean(y, controls)  # the subset is the whole split: its plain mean, no own error
+    assert full["estimate"] == pytest.approx(y.mean(), rel=1e-12) and full["se_subset"] == 0
+
+
+def test_control_variate_standard_error_is_honest():
+    # over many splits, the estimate's error against each split's own mean is standard normal in units of se_subset
+    rng = np.random.default_rng(1)
+    z, plain, corrected = [], [], []
+    for _ in range(600):
+        difficulty = rng.gamma(2.0, 1.0, size=2000)
+        controls = np.stack([difficulty * (1 + 0.1 * rng.standard_normal(2000)) for _ in range(2)], axis=1)
+        y = difficulty * (1.5 + 0.3 * rng.standard_normal(2000))
+        fit = eval_curve.control_variate_mean(y[:200], controls)
+        z.append((fit["estimate"] - y.mean()) / fit["se_subset"])
+        plain.append(y[:200].mean() - y.mean())
+        corrected.append(fit["estimate"] - y.mean())
+    assert abs(np.mean(z)) < 0.15 and 0.9 < np.std(z) < 1.1
+    assert np.std(corrected) < 0.5 * np.std(plain)  # the controls remove most of the subset's error

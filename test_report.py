@@ -318,6 +318,19 @@ def test_barrier_se_is_the_paired_standard_error_at_the_barrier():
     assert s["barrier_rel_se"] == pytest.approx(s["barrier_se"] / ((s["start"] + s["end"]) / 2))
 
 
+def test_barrier_se_of_control_variate_estimates_adds_the_estimators_own_error():
+    # per-image values of 50 subset images standing for a split of 5,000; the point at t = 0.5 carries its own error
+    rng = np.random.default_rng(2)
+    per_image = 1.0 + 0.2 * rng.standard_normal((len(T), 50))
+    own = [0.0] * len(T)
+    own[5] = 0.004
+    s = eval_curve.summarize(per_image.mean(axis=1).tolist(), T, [0.0] + [0.1] * 10, per_image, population=5000, subset_se=own)
+    i = T.index(s["t_barrier"])
+    excess = per_image[i] - ((1 - T[i]) * per_image[0] + T[i] * per_image[-1])
+    assert s["barrier_se"] == pytest.approx(np.sqrt(excess.var(ddof=1) / 5000 + own[i] ** 2))
+    assert s["barrier_se"] < excess.std(ddof=1) / np.sqrt(50)  # far better known than from the 50 images alone
+
+
 @pytest.mark.parametrize("noise, barrier", [(0.02, True), (3.0, False)])
 def test_a_segment_barrier_within_two_se_of_zero_counts_as_none(noise, barrier):
     result = fake_eval("mse", (0, 1), FLAT, BUMP)
