@@ -196,19 +196,29 @@ def validation_images(config: dict, count: int) -> tuple[torch.Tensor, str]:
     return valid, f"the first {len(valid)} images of the validation split"
 
 
+def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                  drop_last: bool = False) -> Iterator[torch.Tensor | slice]:
+    """Which of n images form each batch: slices in order, or index tensors shuffled by torch.randperm(n, generator=generator)."""
+    order = torch.randperm(n, generator=generator) if shuffle else None
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size] if shuffle else slice(start, start + batch_size)
+
+
+def to_batch(chunk: torch.Tensor, device: torch.device | str = "cpu",
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 images as a float32 batch in [0, 1] on `device`."""
+    chunk = chunk.to(device, non_blocking=True)  # move uint8 and convert there: a quarter of the bytes of float32 cross the bus
+    return chunk.to(dtype=torch.float32, memory_format=memory_format).div_(255)
+
+
 def batches(images: torch.Tensor, batch_size: int, *, shuffle: bool = False,
             generator: torch.Generator | None = None, device: torch.device | str = "cpu",
             drop_last: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
             ) -> Iterator[torch.Tensor]:
     """Float32 batches in [0, 1] on `device`; shuffled by torch.randperm(N, generator=generator)."""
-    n = len(images)
-    order = torch.randperm(n, generator=generator) if shuffle else None
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        chunk = images[order[start:start + batch_size]] if shuffle else images[start:start + batch_size]
-        # move uint8 and convert there: a quarter of the bytes of float32 cross the bus
-        chunk = chunk.to(device, non_blocking=True)
-        yield chunk.to(dtype=torch.float32, memory_format=memory_format).div_(255)
+    for index in batch_indices(len(images), batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last):
+        yield to_batch(images[index], device, memory_format)
 
 
 def _cache_path(cache_dir: str, key: dict) -> Path:

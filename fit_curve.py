@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"epoch 0 (linear initialisation): test {group} at t=0.5 {history[0]['test_loss_t05']:.5f}")
     per_epoch = training.steps_per_epoch(len(train_images), args.batch_size)
     sampler = curves.ArcLengthSampler(net) if args.objective == "arclength" else None
+    targets = training.target_feature_cache(objective, train_images, batch_size=args.eval_batch_size, device=device, precision=precision)
 
     def refresh(step: int) -> None:  # a function of the step within the epoch: a resumed fit retabulates exactly as one run
         if sampler is not None and step % args.arclength_every == 0:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_loss = training.train_epoch(net, train_images, objective, optimizer, batch_size=args.batch_size, lr_at=lr_at,
                                           generator=training.epoch_generator(args.seed, epoch), device=device,
                                           epoch=epoch, sample_t=True, t_of=sampler, before_step=refresh,
-                                          precision=precision, desc="curve")
+                                          precision=precision, target_features=targets, desc="curve")
         mid, lr = middle_test_loss(), lr_at(per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
         print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train E_t {group} {train_loss:.5f}  "

@@ -128,6 +128,30 @@ def test_cached_target_features_give_the_same_losses(vgg_file):
     assert torch.equal(fresh["loss"], reused["loss"]) and fresh["loss"].min() > 0
 
 
+def test_training_from_the_target_feature_cache_follows_the_recomputed_targets(vgg_file, monkeypatch):
+    loss = ae.PerceptualLoss(str(vgg_file), ("relu1_2", "relu2_2"))
+    images = (torch.rand(12, 3, 64, 64) * 255).to(torch.uint8)
+    cpu = torch.device("cpu")
+    cache = training.target_feature_cache(loss, images, batch_size=5, device=cpu)
+    with torch.inference_mode():
+        own = loss.features(images[7:8].float() / 255)
+    assert [tuple(f.shape) for f in cache] == [(12, 64, 64, 64), (12, 128, 32, 32)]
+    assert all(torch.allclose(c[7:8], f, rtol=1e-4, atol=1e-5) for c, f in zip(cache, own))
+    losses, weights = {}, {}
+    for name, targets in (("recomputed", None), ("cached", cache)):
+        torch.manual_seed(0)
+        model = ae.AutoEncoder(latent_dim=8, width=4)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        losses[name] = [training.train_epoch(model, images, loss, optimizer, batch_size=4, generator=training.epoch_generator(0, e),
+                                             device=cpu, epoch=e, target_features=targets) for e in range(2)]
+        weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert losses["cached"] == pytest.approx(losses["recomputed"], rel=1e-4)
+    assert torch.allclose(weights["cached"], weights["recomputed"], atol=1e-5)
+    assert training.target_feature_cache(ae.mse, images, batch_size=5, device=cpu) is None  # MSE has no targets to cache
+    monkeypatch.setattr(training, "FEATURE_CACHE_BYTES", 11 * (64 * 64 * 64 + 128 * 32 * 32) * 4)  # room for 11 of 12
+    assert training.target_feature_cache(loss, images, batch_size=5, device=cpu) is None
+
+
 # ---------------------------------------------------------------- the learning-rate schedule
 
 def test_reference_schedule_values():

@@ -136,11 +136,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--snapshots {args.snapshots} is more than the {per_epoch} optimiser steps of an epoch; "
                         f"use at most {per_epoch}")
     snapshot_dir = ensure_dir(out.with_suffix(".snapshots")) if args.snapshots else None
+    targets = training.target_feature_cache(objective, train_images, batch_size=args.eval_batch_size, device=device, precision=precision)
     for epoch in range(start, args.epochs):
         t0 = time.time()
         lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
         train_loss = training.train_epoch(model, train_images, objective, optimizer, batch_size=args.batch_size, lr_at=lr_at,
-                                          precision=precision,
+                                          precision=precision, target_features=targets,
                                           generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch,
                                           after_step=snapshot_hook(snapshot_dir, model, run_config, out, epoch, per_epoch,
                                                                    args.snapshots))

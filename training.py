@@ -14,7 +14,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import ae
-from data import batches
+from data import batch_indices, batches, to_batch
 from files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 RESUME_FORMAT = "aemc-resume-v1"
@@ -143,12 +143,32 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+FEATURE_CACHE_BYTES = 2 * 2**30  # keep the VGG features of fixed targets when they fit in this
+
+
+def target_feature_cache(loss_fn: Callable | Objective, images: torch.Tensor, *, batch_size: int, device: torch.device,
+                         precision: str = "fp32") -> list[torch.Tensor] | None:
+    """The perceptual loss's VGG features of every clean image in `images` (one tensor per layer, on the CPU, in the
+    dtype `precision` computes them in), so that training spares the target half of the VGG work at every step; None
+    for another loss, or when they would not fit in FEATURE_CACHE_BYTES."""
+    loss = as_objective(loss_fn).loss_fn
+    if not isinstance(loss, ae.PerceptualLoss) or len(images) == 0:
+        return None
+    with torch.inference_mode(), autocast(device, precision in ("bf16", "bf16-vgg")):
+        one = loss.features(next(batches(images[:1], 1, device=device, memory_format=torch.channels_last)))
+        if sum(f.numel() * f.element_size() for f in one) * len(images) > FEATURE_CACHE_BYTES:
+            return None
+        parts = [loss.features(x) for x in batches(images, batch_size, device=device, memory_format=torch.channels_last)]
+    return [torch.cat([part[i].cpu() for part in parts]).contiguous(memory_format=torch.channels_last) for i in range(len(one))]
+
+
 def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
                 batch_size: int, generator: torch.Generator, device: torch.device, epoch: int,
                 sample_t: bool = False, t_of: Callable[[float], float] | None = None,
                 before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None,
                 lr_at: Callable[[int], float] | None = None, max_steps: int | None = None, precision: str = "fp32",
-                memory_format=torch.channels_last, desc: str = "train") -> float:
+                memory_format=torch.channels_last, desc: str = "train",
+                target_features: list[torch.Tensor] | None = None) -> float:
     """One pass over `images` in the generator's order (or its first `max_steps` batches); returns
     the mean training loss.
 
@@ -158,18 +178,22 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
     `loss_fn` is a loss function or an Objective, whose noise is drawn from `generator` after t.
     With `sample_t`, the model is a CurveNet and one t ~ U(0,1) is drawn per batch (the paper's
     stochastic estimate of E_t L(phi(t))), or t = t_of(u) with u ~ U(0,1) (e.g. curves.ArcLengthSampler). `precision` is resolved (no 'auto'; see
-    resolve_precision). A non-finite loss raises a UserError naming the step.
+    resolve_precision). `target_features` (target_feature_cache of `images`) are the perceptual loss's
+    targets, looked up instead of recomputed. A non-finite loss raises a UserError naming the step.
     """
     model.train()
     total, count = 0.0, 0
     steps = steps_per_epoch(len(images), batch_size)
     if max_steps is not None:
         steps = min(steps, max_steps)
-    bar = tqdm(batches(images, batch_size, shuffle=True, generator=generator, device=device, memory_format=memory_format),
+    bar = tqdm(batch_indices(len(images), batch_size, shuffle=True, generator=generator),
                total=steps, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=None, dynamic_ncols=True)
-    for step, x in enumerate(bar):
+    for step, index in enumerate(bar):
         if step == steps:
             break
+        x = to_batch(images[index], device, memory_format)
+        cached = {} if target_features is None else {
+            "target_features": [f[index].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last) for f in target_features]}
         if before_step is not None:
             before_step(step)
         if lr_at is not None:
@@ -179,7 +203,7 @@ def train_epoch(model: nn.Module, images: torch.Tensor, loss_fn: Callable, optim
         if sample_t:
             u = torch.rand((), generator=generator).item()
             kwargs["t"] = u if t_of is None else t_of(u)
-        _, loss = forward_loss(model, x, loss_fn, precision, device, kwargs, generator=generator)
+        _, loss = forward_loss(model, x, loss_fn, precision, device, kwargs, generator=generator, **cached)
         value = loss.item()
         if not math.isfinite(value):
             lr = optimizer.defaults["lr"]  # the base rate (--lr); a schedule may have lowered the current one
