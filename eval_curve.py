@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "other t on the subsets, whose means are corrected by regression on the anchors' per-image losses (the "
                         "mean over the whole split, with an honest standard error); subset: the plain means of the subsets")
     p.add_argument("--anchors", type=cli.unit_float, nargs="*", default=list(ANCHORS), metavar="T",
-                   help="control-variates only: values of t evaluated on every image besides the ends 0 and 1 "
-                        f"(default: {' '.join(map(str, ANCHORS))}: the segment's middle is far from both ends)")
+                   help="control-variates only: values of t evaluated on every image besides the ends 0 and 1 (the "
+                        "segment's middle is far from both ends: there the ends' losses predict little); none: the ends alone")
     p.add_argument("--save-t", type=cli.unit_float, nargs="+", default=[], metavar="T",
                    help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
     p.add_argument("--aligned", action="store_true",
@@ -83,7 +83,8 @@ def add_subset_args(p: argparse.ArgumentParser, where: str, defaults: dict | Non
     p.add_argument("--bn-images", type=cli.positive_int, default=d["bn_images"], help=f"training images for the BatchNorm statistics at {where}")
     p.add_argument("--train-images", type=cli.positive_int, default=d["train_images"], help=f"training images for the train loss at {where}")
     p.add_argument("--test-images", type=cli.positive_int, default=d["test_images"], help=f"test images for the test loss at {where}")
-    p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=128,
+                   help="images per forward pass (on 2 CPU cores, 128 ran 25%% faster per image than 500)")
 
 
 def newest_curve() -> Path:

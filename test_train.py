@@ -245,6 +245,21 @@ def test_auto_precision_is_bf16_inside_vgg_only_where_the_hardware_has_it(monkey
     assert [training.resolve_precision(p, cpu, "mse") for p in ("fp32", "bf16-vgg", "bf16")] == ["fp32", "bf16-vgg", "bf16"]
 
 
+def test_a_cpu_counts_as_fast_in_bf16_only_when_measured_faster(monkeypatch):
+    cpu = torch.device("cpu")
+    state = torch.get_rng_state()
+    speedup = training.cpu_bf16_speedup()
+    assert speedup > 0 and torch.equal(torch.get_rng_state(), state)  # measuring draws nothing from the seeded stream
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    for measured, fast in ((1.6, True), (0.5, False)):  # e.g. an AMD EPYC; this project's Intel Xeon (README)
+        monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: measured)
+        assert training.bf16_fast(cpu) is fast
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 9.0)
+    assert training.bf16_fast(cpu) is False  # no native bf16: emulated, whatever a timing says
+
+
 def test_each_precision_casts_only_what_it_names(vgg_file):
     loss = ae.PerceptualLoss(str(vgg_file), ("relu1_2",))
     torch.manual_seed(0)

@@ -3,8 +3,10 @@ training, evaluation with standard errors, and the resume state written after ev
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -43,17 +45,44 @@ def add_schedule_arg(parser: argparse.ArgumentParser) -> None:
                              "50%% of the steps, then linear down to 1%% of it at 90%%, then 1%%), cosine (down to 0), or constant")
 
 
+BF16_MIN_SPEEDUP = 1.2  # a CPU counts as fast in bf16 when VGG's first-block convolution runs this much faster in it
+
+
 def bf16_fast(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX."""
+    """Whether `device` computes bfloat16 natively and fast: a CUDA GPU that supports it, or a CPU with AVX-512 BF16
+    or AMX on which a VGG convolution measures faster in bf16 (cpu_bf16_speedup): native support alone does not
+    make it so (README, Performance)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":  # torch.cpu's checks are private: missing ones count as no
-        return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        native = any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return native and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
     return False
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup() -> float:
+    """fp32 time / bf16 autocast time of a convolution like VGG16's relu1_2 (64 -> 64 channels, 3x3, on 64x64 maps,
+    channels_last, batch 8), the best of 3 runs each; measured once per process, leaving torch's RNG untouched."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        x = torch.randn(8, 64, 64, 64).contiguous(memory_format=torch.channels_last)
+
+        def best(bf16: bool) -> float:
+            times = []
+            for _ in range(4):  # the first is a warm-up
+                with autocast(torch.device("cpu"), bf16):
+                    start = time.perf_counter()
+                    conv(x)
+                    times.append(time.perf_counter() - start)
+            return min(times[1:])
+
+        return best(False) / best(True)
+
+
 def resolve_precision(precision: str, device: torch.device, loss: str) -> str:
-    """`auto` is bf16 for the perceptual loss's VGG where the device computes bf16 natively (its
+    """`auto` is bf16 for the perceptual loss's VGG where the device computes bf16 natively and fast (its
     accuracy cost was measured below the spread between seeds, see README), fp32 otherwise."""
     if precision != "auto":
         return precision
@@ -64,7 +93,7 @@ def add_precision_arg(parser: argparse.ArgumentParser, default: str = "auto") ->
     parser.add_argument("--precision", default=default, choices=PRECISIONS,
                         help="arithmetic of the forward pass (weights and optimiser stay fp32): fp32; bf16-vgg (autocast to bfloat16 "
                              "inside the perceptual loss's VGG only); bf16 (the whole forward pass); auto (bf16-vgg for the perceptual "
-                             "loss where the GPU or CPU has native bf16, else fp32)")
+                             "loss where the GPU or CPU has native bf16 and a VGG convolution measures faster in it, else fp32)")
 
 
 def autocast(device: torch.device, enabled: bool):
