@@ -85,7 +85,9 @@ class RayPool:
     def __init__(self, ray, threads: int, cuda: bool):
         self.ray, self.threads, self.running = ray, threads, {}
         resources = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": threads}
-        self.task = ray.remote(run_step).options(max_retries=0, **resources)  # a failed step is reported, not retried
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # where workers import the scripts from
+        self.task = ray.remote(run_step).options(max_retries=0, runtime_env={"env_vars": {"PYTHONPATH": path}},
+                                                 **resources)  # a failed step is reported, not retried
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         if cuda and not any(n.get("GPU", 0) >= 1 for n in nodes):
             raise UserError("the study's device is CUDA but the Ray cluster has no GPU; use --device cpu or join a cluster with GPUs")
@@ -124,20 +126,32 @@ def import_ray():
     return ray
 
 
+def start_ray(ray, address: str | None = None, cpus: int | None = None) -> None:
+    """Join the Ray cluster at `address` ("auto": the one started on this machine), or start a local
+    instance of `cpus` CPUs (default: every core); a start that fails is undone and said in one line."""
+    try:
+        ray.init(address=address, num_cpus=None if address else (cpus or os.cpu_count()), include_dashboard=False)
+    except Exception as e:  # Ray raises ConnectionError, RuntimeError, even bare Exception here
+        ray.shutdown()
+        where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+        raise UserError(f"could not {where}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
 @contextlib.contextmanager
 def open_pool(executor: str, threads: int | None, cuda: bool, address: str | None = None,
               cpus: int | None = None) -> Iterator[LocalPool | RayPool]:
-    """The pool the study's steps run on. `ray` starts a local Ray instance of `cpus` CPUs (default:
-    every core) unless `address` joins a running cluster ("auto": the one on this machine); it
-    disconnects, and stops the instance it started, when the block ends."""
+    """The pool the study's steps run on. `ray` joins or starts Ray (start_ray) and leaves it when the
+    block ends, stopping an instance it started; a process that already runs Ray (a notebook, the
+    tests) keeps it as it is, and `address` and `cpus` are not used."""
     if executor == "local":
         yield LocalPool(threads)
         return
     ray = import_ray()
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    ray.init(address=address, num_cpus=None if address else (cpus or os.cpu_count()), include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ours = not ray.is_initialized()
+    if ours:
+        start_ray(ray, address, cpus)
     try:
         yield RayPool(ray, threads or 1, cuda)
     finally:
-        ray.shutdown()
+        if ours:
+            ray.shutdown()

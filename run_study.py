@@ -407,6 +407,9 @@ def run_steps(steps: list[dict], record: dict, record_path: Path, pool) -> None:
     state, entries, keys, root = {}, {}, {}, {}  # step -> done/skipped/failed/not run; its record entry; its key; the failed step it waited for
     running, ran, spent, start = set(), set(), {}, time.time()
 
+    def left() -> float | None:
+        return time_left([s["kind"] for m, s in enumerate(steps) if m not in state], spent, pool.slots)
+
     def settle(n: int, status: str, **entry) -> None:
         state[n] = status
         entries[n] = {"name": steps[n]["name"], "kind": steps[n]["kind"], "output": str(steps[n]["output"]), **entry}
@@ -422,7 +425,7 @@ def run_steps(steps: list[dict], record: dict, record_path: Path, pool) -> None:
             if failed:
                 root[n] = root.get(failed[0], steps[failed[0]]["name"])
                 state[n] = "not run"
-                print(f"[{len(state)}/{total}] {step['name']}: not run: depends on failed step '{root[n]}'")
+                print(f"[{len(state)}/{total}] {step['name']}: not run: depends on failed step '{root[n]}'", flush=True)
                 continue
             keys[n] = step_key(step)
             if up_to_date(step, keys[n], record["done"], ran):
@@ -430,8 +433,7 @@ def run_steps(steps: list[dict], record: dict, record_path: Path, pool) -> None:
                 print(f"[{len(state)}/{total}] {step['name']}: up to date, skipped")
                 continue
             if pool.serial:  # announced as it starts; a parallel pool's steps are announced as they finish
-                left = time_left([s["kind"] for m, s in enumerate(steps) if m not in state], spent, pool.slots)
-                print("\n" + progress(len(state) + 1, total, step["name"], start, left), flush=True)
+                print("\n" + progress(len(state) + 1, total, step["name"], start, left()), flush=True)
             pool.submit(n, step)
             running.add(n)
         if not running:
@@ -453,8 +455,7 @@ def run_steps(steps: list[dict], record: dict, record_path: Path, pool) -> None:
         settle(n, "done", seconds=seconds, skipped=False)
         write_json(record_path, record)
         if not pool.serial:
-            left = time_left([s["kind"] for m, s in enumerate(steps) if m not in state], spent, pool.slots)
-            print(progress(len(state), total, step["name"], start, left, took=seconds), flush=True)
+            print(progress(len(state), total, step["name"], start, left(), took=seconds), flush=True)
     failed = [n for n in sorted(state) if state[n] == "failed"]
     if failed:
         names = "; ".join(f"'{steps[n]['name']}': {entries[n]['failed']}" for n in failed)

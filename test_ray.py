@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import cli
+import executors
 import run_study
 from files import UserError
 
@@ -17,7 +18,17 @@ TINY = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-di
         "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16", "--train-images", "16",
         "--test-images", "8", "--vgg-weights", "random", "--device", "cpu", "--losses", "mse", "--no-plane",
         "--no-ensembles", "--no-function-space", "--no-arclength", "--threads-per-step", "1"]
-RAY = ["--executor", "ray", "--ray-cpus", "2"]
+RAY = ["--executor", "ray"]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance of 2 CPUs for this module's Ray runs: run_study uses the Ray already running
+    in its process (as it would a notebook's) rather than starting one per run, which takes seconds."""
+    ray = pytest.importorskip("ray")
+    executors.start_ray(ray, cpus=2)
+    yield
+    ray.shutdown()
 
 
 def run_in(folder: Path, monkeypatch, *args: str) -> Path:
@@ -66,8 +77,7 @@ def test_ray_executor_without_ray_is_refused_in_one_line(tmp_path, monkeypatch, 
     assert not (tmp_path / "study").exists() and not (tmp_path / "cache").exists()  # refused before any data or folder
 
 
-def test_ray_executor_gives_the_local_executors_checkpoints_and_report(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("ray")
+def test_ray_executor_gives_the_local_executors_checkpoints_and_report(ray_instance, tmp_path, monkeypatch, capsys):
     local = run_in(tmp_path / "local", monkeypatch)
     capsys.readouterr()
     ray = run_in(tmp_path / "ray", monkeypatch, *RAY)
@@ -86,8 +96,7 @@ def test_ray_executor_gives_the_local_executors_checkpoints_and_report(tmp_path,
     assert set(record["done"]) == {s["output"] for s in record["steps"]}
 
 
-def test_a_failing_ray_step_stops_only_its_dependants_and_a_rerun_completes_the_rest(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("ray")
+def test_a_failing_ray_step_stops_only_its_dependants_and_a_rerun_completes_the_rest(ray_instance, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "study/ae/mse_s2.pt"
     blocker.mkdir(parents=True)  # a folder where seed 2's checkpoint goes: its training fails as it writes it
     with pytest.raises(UserError) as error:
