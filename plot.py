@@ -7,7 +7,7 @@ images, then their reconstructions along each path, t labelled; and per curve th
 (test loss at t=0.5 per epoch, and the learning rate), marked when the fit had not converged. Plane files of plane.py
 (told apart by their format) become the paper's Figure 1: train and test loss in the plane through
 a curve's three bends (or three endpoints), filled contours on a log-spaced scale, the points marked,
-the curve and the segment drawn.
+the curve and the segment drawn. `index.json` in the output folder lists the figures written.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 import ae  # noqa: E402
 import cli  # noqa: E402
-from files import UserError, ensure_dir, save_figure  # noqa: E402
+from files import UserError, ensure_dir, save_figure, write_json  # noqa: E402
 
 EVAL_FORMAT = "aemc-eval-v1"
 PLANE_FORMAT = "aemc-plane-v1"
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         plt.close(fig)
     for path in written:
         print(f"wrote {path}")
+    write_json(out / "index.json", {"figures": [str(p) for p in written]})  # last: its presence means every figure is there
     return written
 
 

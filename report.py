@@ -420,7 +420,9 @@ def setup_section(study_dir: Path, s: dict) -> str:
     rows = [[st["name"], st.get("kind", ""), f"`{st.get('output', '')}`", "skipped (output existed)" if st.get("skipped") else duration(st.get("seconds", 0))]
             for st in steps]
     total = sum(st.get("seconds", 0) for st in steps if not st.get("skipped"))
-    return "\n".join(lines) + "\n" + table(["step", "kind", "output", "time"], rows) + f"\n\nTotal wall time of the steps run: {duration(total)}.\n"
+    parallel = (f" (their sum: they ran in parallel on Ray, and the study took {duration(study['total_seconds'])})"
+                if study.get("executor") == "ray" and "total_seconds" in study else "")
+    return "\n".join(lines) + "\n" + table(["step", "kind", "output", "time"], rows) + f"\n\nTotal wall time of the steps run: {duration(total)}{parallel}.\n"
 
 
 def ignored_line(ignored: dict[str, list[str]]) -> list[str]:

@@ -7,6 +7,7 @@ paper's Figure 1), draws the figures and writes a report
 that answers the question from the numbers. Each step calls the same `main()` the single
 scripts run. A step whose output exists and was made with the same settings (and the same
 upstream files) is skipped, so an interrupted study picks up where it stopped; `--force` redoes.
+`--executor ray` runs the independent steps in parallel as Ray tasks (executors.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import json
 import platform
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,8 @@ import cli
 import curves
 import data
 import ensemble
-import eval_curve
-import fit_curve
-import function_space
-import plane
-import plot
+import executors
 import report
-import train_ae
 import training
 from files import UserError, ensure_dir, file_sha256, folder_lock, write_json
 
@@ -147,6 +142,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "aligned", "also evaluate the aligned segment (B's units permuted to match A's, eval_curve.py --aligned); "
                    "--aligned or --no-aligned sets it for every group"))
     cli.add_device_arg(p)
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local (default): the steps one after another in this process, stopping at the first failure; "
+                        "ray: independent steps in parallel as Ray tasks, on this machine or a cluster (pip install -r requirements-ray.txt)")
+    p.add_argument("--threads-per-step", type=cli.positive_int, default=None, metavar="N",
+                   help="torch threads of each step; with --executor ray also the CPUs each step's task asks for on a CPU study "
+                        "(a CUDA study's task asks for 1 GPU and 1 CPU) (default: ray 1; local leaves torch's default)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: join the running Ray cluster at this address, or 'auto' for the one started on "
+                        "this machine by `ray start --head` (default: start a local Ray instance for this run)")
+    p.add_argument("--ray-cpus", type=cli.positive_int, default=None, metavar="N",
+                   help="with --executor ray and no --ray-address: CPUs of the local Ray instance (default: every core)")
     return p.parse_args(argv)
 
 
@@ -228,7 +234,7 @@ def subset_flags(s: dict) -> list:
 
 
 def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[dict]:
-    """Every step of the study in order: name, kind, the script's main, its argv, output, inputs.
+    """Every step of the study in order: name, kind, the script whose main(argv) runs it, argv, output, inputs.
     `auto` precision is resolved for the device `on` (default CPU), so a step's key names what it ran."""
     steps, evals = [], []
     device = ["--device", s["device"]]
@@ -240,7 +246,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             argv = [*group_flags(loss), "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", for_group(s["batch_size"], loss),
                     "--lr", s["lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
                     "--vgg-layers", *s["vgg_layers"], "--snapshots", for_group(s["snapshots"], loss), *device, "--out", ckpt]
-            steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "main": train_ae.main, "argv": argv, "output": ckpt, "inputs": []})
+            steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "script": "train_ae", "argv": argv, "output": ckpt, "inputs": []})
     for loss, curve in itertools.product(s["groups"], s["curves"]):
         for i, j in itertools.combinations(s["seeds"], 2):
             a, b = out / "ae" / f"{loss}_s{i}.pt", out / "ae" / f"{loss}_s{j}.pt"
@@ -248,13 +254,13 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             argv = ["--a", a, "--b", b, "--curve", curve, "--num-bends", s["num_bends"], "--epochs", for_group(s["curve_epochs"], loss),
                     "--lr", s["curve_lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--batch-size", for_group(s["batch_size"], loss), "--seed", 0, "--bn-images", s["bn_images"],
                     *vgg_file_flag(vgg), *device, "--out", ckpt]
-            steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "main": fit_curve.main, "argv": argv,
+            steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "script": "fit_curve", "argv": argv,
                           "output": ckpt, "inputs": [a, b]})
             result = ckpt.with_name(ckpt.stem + ".eval.json")
             argv = ["--ckpt", ckpt, "--num-points", s["num_points"], *subset_flags(s), "--estimator", s["estimator"], *(["--aligned"] if for_group(s["aligned"], loss) else []),
                     *(["--probe"] if s["probe"] else []),
                     *vgg_file_flag(vgg), *device, "--out", result]
-            evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "main": eval_curve.main, "argv": argv,
+            evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "script": "eval_curve", "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
     steps += variant_steps(s, out, steps, evals)
@@ -270,11 +276,11 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
         argv = ["--ckpt", ckpt, "--endpoints", *members, "--k", s["ensemble_k"], "--points", s["ensemble_points"], *select,
                 "--fge-cycles", s["fge_cycles"], "--cycle", s["fge_cycle"], "--precision", precision[loss], *([] if s["sse"] else ["--no-sse"]), "--bn-images", s["bn_images"], "--test-images", s["test_images"],
                 *vgg_file_flag(vgg), *device, "--out", folder]
-        steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "main": ensemble.main, "argv": argv,
+        steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "script": "ensemble", "argv": argv,
                       "output": folder / "ensemble.json", "inputs": [ckpt, *members]})
     steps += function_space_steps(s, out, steps)
     figures = out / "figures"
-    steps.append({"name": "plot figures", "kind": "plot", "main": plot.main, "output": figures / "index.json",
+    steps.append({"name": "plot figures", "kind": "plot", "script": "plot", "output": figures / "index.json",
                   "argv": [*(e["output"] for e in [*evals, *planes]), "--out", figures], "inputs": [e["output"] for e in [*evals, *planes]]})
     for step in steps:
         step["argv"] = [str(x) for x in step["argv"]]
@@ -297,12 +303,12 @@ def variant_steps(s: dict, out: Path, steps: list[dict], evals: list[dict]) -> l
         i, j = s["seeds"][:2]
         plain = next(step for step in steps if step["output"] == out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt")
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}-{suffix}.pt"
-        extra.append({"name": f"fit {loss} {curve} seeds {i}-{j} ({what})", "kind": "fit", "main": fit_curve.main,
+        extra.append({"name": f"fit {loss} {curve} seeds {i}-{j} ({what})", "kind": "fit", "script": "fit_curve",
                       "argv": [*plain["argv"][:-2], *flags, "--out", ckpt], "output": ckpt, "inputs": plain["inputs"]})  # argv ends --out CKPT
         evaluation = next(step for step in evals if step["inputs"] == [plain["output"]])
         result = ckpt.with_name(ckpt.stem + ".eval.json")
         argv = ["--ckpt", ckpt, *(x for x in evaluation["argv"][2:-2] if x != "--aligned"), "--out", result]  # --ckpt C ... --out R
-        extra.append({"name": f"eval {loss} {curve} seeds {i}-{j} ({what})", "kind": f"eval-{setting}", "main": eval_curve.main,
+        extra.append({"name": f"eval {loss} {curve} seeds {i}-{j} ({what})", "kind": f"eval-{setting}", "script": "eval_curve",
                       "argv": argv, "output": result, "inputs": [ckpt]})
     return extra
 
@@ -319,7 +325,7 @@ def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:
         result = ckpt.with_name(ckpt.stem + ".plane.json")
         argv = ["--ckpt", ckpt, "--grid", for_group(s["plane_grid"], loss), *subset_flags(s), *vgg_file_flag(vgg),
                 "--device", s["device"], "--out", result]
-        steps.append({"name": f"plane {loss} {curve} seeds {i}-{j}", "kind": "plane", "main": plane.main, "argv": argv,
+        steps.append({"name": f"plane {loss} {curve} seeds {i}-{j}", "kind": "plane", "script": "plane", "argv": argv,
                       "output": result, "inputs": [ckpt]})
     return steps
 
@@ -339,7 +345,7 @@ def function_space_steps(s: dict, out: Path, steps: list[dict]) -> list[dict]:
         folder = out / "function_space" / loss
         argv = ["--ckpts", *ends, *snapshots, *fge, "--curves", *fits, "--t-points", s["function_space_points"],
                 "--bn-images", s["bn_images"], "--device", s["device"], "--out", folder]
-        extra.append({"name": f"function space {loss}", "kind": "function_space", "main": function_space.main, "argv": argv,
+        extra.append({"name": f"function space {loss}", "kind": "function_space", "script": "function_space", "argv": argv,
                       "output": folder / "function_space.json", "inputs": [*ends, *fits, *ensembles]})
     return extra
 
@@ -368,16 +374,118 @@ def fmt_time(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
+def dependencies(steps: list[dict]) -> list[set[int]]:
+    """For each step, the steps whose output is among its inputs (the plan lists it after them)."""
+    made_by = {str(step["output"]): n for n, step in enumerate(steps)}
+    return [{made_by[str(p)] for p in step["inputs"] if str(p) in made_by} for step in steps]
+
+
+def up_to_date(step: dict, key: str, done: dict, ran: set[str]) -> bool:
+    """Whether a step is skipped: an earlier run finished it with this key, its output is there, and
+    no step of this run remade one of its inputs. The one rule of both executors."""
+    record = done.get(str(step["output"]))
+    return (isinstance(record, dict) and record.get("key") == key and Path(step["output"]).exists()
+            and not any(str(p) in ran for p in step["inputs"]))
+
+
+def time_left(kinds: list[str], spent: dict[str, list[float]], slots: int) -> float | None:
+    """Seconds left, roughly: each unsettled step's kind at its mean time so far (a kind not yet run at
+    the mean of all), shared among the executor's parallel slots; None before any step has run."""
+    known = [t for times in spent.values() for t in times]
+    return sum(np.mean(spent.get(kind, known)) for kind in kinds) / slots if known else None
+
+
+def progress(k: int, total: int, name: str, start: float, left: float | None, took: float | None = None) -> str:
+    """One progress line: `[k/total] name  (elapsed …, [took …, ]about … left)`."""
+    return (f"[{k}/{total}] {name}  (elapsed {fmt_time(time.time() - start)}" + (f", took {fmt_time(took)}" if took is not None else "")
+            + (f", about {fmt_time(left)} left)" if left is not None else ")"))
+
+
+def run_steps(steps: list[dict], record: dict, record_path: Path, pool) -> None:
+    """Each step, in plan order, once the steps it depends on are settled: skipped when up to date,
+    else run on `pool`, and study.json rewritten after each that finishes. A failure stops a serial
+    pool at once; on a parallel one it stops only its dependants, and the study fails at the end."""
+    needs, total = dependencies(steps), len(steps)
+    state, entries, keys, root = {}, {}, {}, {}  # step -> done/skipped/failed/not run; its record entry; its key; the failed step it waited for
+    running, ran, spent, start = set(), set(), {}, time.time()
+
+    def left() -> float | None:
+        return time_left([s["kind"] for m, s in enumerate(steps) if m not in state], spent, pool.slots)
+
+    def settle(n: int, status: str, **entry) -> None:
+        state[n] = status
+        entries[n] = {"name": steps[n]["name"], "kind": steps[n]["kind"], "output": str(steps[n]["output"]), **entry}
+        record["steps"] = [entries[m] for m in sorted(entries)]  # in plan order, whatever order they finished in
+
+    while len(state) < total:
+        for n, step in enumerate(steps):
+            if not pool.free():
+                break
+            if n in state or n in running or not needs[n] <= state.keys():
+                continue
+            failed = [m for m in sorted(needs[n]) if state[m] in ("failed", "not run")]
+            if failed:
+                root[n] = root.get(failed[0], steps[failed[0]]["name"])
+                state[n] = "not run"
+                print(f"[{len(state)}/{total}] {step['name']}: not run: depends on failed step '{root[n]}'", flush=True)
+                continue
+            keys[n] = step_key(step)
+            if up_to_date(step, keys[n], record["done"], ran):
+                settle(n, "skipped", seconds=record["done"][str(step["output"])].get("seconds"), skipped=True)
+                print(f"[{len(state)}/{total}] {step['name']}: up to date, skipped")
+                continue
+            if pool.serial:  # announced as it starts; a parallel pool's steps are announced as they finish
+                print("\n" + progress(len(state) + 1, total, step["name"], start, left()), flush=True)
+            pool.submit(n, step)
+            running.add(n)
+        if not running:
+            break
+        n, seconds, error = pool.wait()
+        running.discard(n)
+        step = steps[n]
+        if error is not None:
+            settle(n, "failed", failed=error)
+            write_json(record_path, record)
+            if pool.serial:
+                raise UserError(f"study stopped at step {len(state)}/{total} '{step['name']}': {error}; finished steps are kept, "
+                                f"fix the cause and rerun the same command to continue")
+            print(f"[{len(state)}/{total}] {step['name']}: FAILED: {error}", flush=True)
+            continue
+        ran.add(str(step["output"]))
+        spent.setdefault(step["kind"], []).append(seconds)
+        record["done"][str(step["output"])] = {"key": keys[n], "seconds": seconds}
+        settle(n, "done", seconds=seconds, skipped=False)
+        write_json(record_path, record)
+        if not pool.serial:
+            print(progress(len(state), total, step["name"], start, left(), took=seconds), flush=True)
+    failed = [n for n in sorted(state) if state[n] == "failed"]
+    if failed:
+        names = "; ".join(f"'{steps[n]['name']}': {entries[n]['failed']}" for n in failed)
+        raise UserError(f"{len(failed)} step(s) failed ({names}) and the {list(state.values()).count('not run')} step(s) that depend on "
+                        f"them were not run; finished steps are kept, fix the cause and rerun the same command to continue")
+
+
+def check_executor_flags(args: argparse.Namespace) -> None:
+    """The Ray flags only with --executor ray, and --ray-cpus only for a local instance."""
+    if args.executor != "ray" and (args.ray_address or args.ray_cpus):
+        raise UserError("--ray-address and --ray-cpus are for --executor ray; add it or drop them")
+    if args.ray_address and args.ray_cpus:
+        raise UserError("--ray-cpus sizes the local Ray instance this run starts; a cluster joined with --ray-address has its own CPUs")
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     settings = resolve_settings(args)
+    check_executor_flags(args)
     device = cli.pick_device(args.device)
     with folder_lock(args.out):  # before any data is loaded: a second run on the same folder stops here
-        return run(args, settings, device)
+        with executors.open_pool(args.executor, args.threads_per_step, device.type == "cuda", args.ray_address, args.ray_cpus) as pool:
+            return run(args, settings, device, pool)
 
 
-def run(args: argparse.Namespace, settings: dict, device: torch.device) -> Path:
-    """Every step of the study in order, skipping those that are up to date, then the report."""
+def run(args: argparse.Namespace, settings: dict, device: torch.device, pool) -> Path:
+    """Every step of the study on the executor's `pool`, skipping those that are up to date, then the report
+    (written here, by the driver, and only when every step is done)."""
     out = Path(args.out)
     record_path = out / "study.json"
     previous = {} if args.force else finished_steps(record_path)
@@ -387,43 +495,14 @@ def run(args: argparse.Namespace, settings: dict, device: torch.device) -> Path:
     vgg, fallback = choose_vgg_weights(settings)
     steps = plan(settings, out, vgg, device)
     record = {"format": STUDY_FORMAT, "preset": args.preset, "settings": settings, "vgg_weights": vgg, "vgg_fallback": fallback,
-              "device": str(device), "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                                  "torchvision": torchvision.__version__, "numpy": np.__version__},
+              "device": str(device), "executor": args.executor, "threads_per_step": args.threads_per_step,
+              "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                           "torchvision": torchvision.__version__, "numpy": np.__version__},
               "dataset": data_cfg, "n_train_images": sizes["train"], "n_test_images": sizes["test"],
               "plan": [{"kind": step["kind"], "output": Path(step["output"]).relative_to(out).as_posix()} for step in steps],  # what the report reads
               "steps": [], "done": dict(previous)}
-    start, spent, ran = time.time(), {}, set()
-    for n, step in enumerate(steps, 1):
-        output, key = step["output"], step_key(step)
-        done = record["done"].get(str(output))
-        upstream_ran = any(str(p) in ran for p in step["inputs"])
-        if isinstance(done, dict) and done.get("key") == key and Path(output).exists() and not upstream_ran:
-            record["steps"].append({"name": step["name"], "kind": step["kind"], "output": str(output),
-                                    "seconds": done.get("seconds"), "skipped": True})
-            print(f"[{n}/{len(steps)}] {step['name']}: up to date, skipped")
-            continue
-        remaining = [s["kind"] for s in steps[n - 1:]]
-        known = [t for times in spent.values() for t in times]
-        eta = sum(np.mean(spent.get(kind, known)) for kind in remaining) if known else None
-        print(f"\n[{n}/{len(steps)}] {step['name']}  (elapsed {fmt_time(time.time() - start)}"
-              + (f", about {fmt_time(eta)} left)" if eta is not None else ")"), flush=True)
-        t0 = time.time()
-        try:
-            result = step["main"](step["argv"])
-        except Exception as e:
-            if not isinstance(e, UserError):
-                traceback.print_exc()
-            write_json(record_path, record)
-            raise UserError(f"study stopped at step {n}/{len(steps)} '{step['name']}': {e}; finished steps are kept, "
-                            f"fix the cause and rerun the same command to continue") from None
-        if step["kind"] == "plot":
-            write_json(output, {"figures": [str(p) for p in result]})
-        seconds = time.time() - t0
-        ran.add(str(output))
-        spent.setdefault(step["kind"], []).append(seconds)
-        record["done"][str(output)] = {"key": key, "seconds": seconds}
-        record["steps"].append({"name": step["name"], "kind": step["kind"], "output": str(output), "seconds": seconds, "skipped": False})
-        write_json(record_path, record)
+    start = time.time()
+    run_steps(steps, record, record_path, pool)
     report_path = Path(args.report) if args.report else out / "report.md"
     record["total_seconds"] = time.time() - start
     write_json(record_path, record)
