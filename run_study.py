@@ -29,6 +29,7 @@ import cli
 import curves
 import data
 import ensemble
+import eval_curve
 import executors
 import report
 import training
