@@ -130,7 +130,8 @@ def start_ray(ray, address: str | None = None, cpus: int | None = None) -> None:
     """Join the Ray cluster at `address` ("auto": the one started on this machine), or start a local
     instance of `cpus` CPUs (default: every core); a start that fails is undone and said in one line."""
     try:
-        ray.init(address=address, num_cpus=None if address else (cpus or os.cpu_count()), include_dashboard=False)
+        # "local": a new instance even where an earlier `ray start` left its address behind in /tmp/ray
+        ray.init(address=address or "local", num_cpus=None if address else (cpus or os.cpu_count()), include_dashboard=False)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, even bare Exception here
         ray.shutdown()
         where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
