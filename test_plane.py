@@ -56,7 +56,8 @@ def test_basis_is_orthonormal_and_the_bends_land_on_their_coordinates(curve):
 
 
 def test_grid_corner_at_w0_gives_eval_curves_t0_loss(result, curve, tmp_path):
-    evaluation = eval_curve.main(["--ckpt", str(curve), "--num_points", "2", "--columns", "2", *SUBSETS,
+    # plane.py measures every grid point on the subsets themselves: eval_curve's plain-subset estimator
+    evaluation = eval_curve.main(["--ckpt", str(curve), "--num_points", "2", "--columns", "2", *SUBSETS, "--estimator", "subset",
                                   "--out", str(tmp_path / "e.eval.json")])
     assert result["x"] == pytest.approx([0, 0.5, 1], abs=1e-9) and result["y"][0] == 0
     for name in ("train_loss", "test_loss", "train_mse_se"):

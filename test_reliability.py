@@ -1015,9 +1015,13 @@ def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them
         "bench_efficiency": {"best_fraction": 0.8, "met": True, "best_kernel": "gemm 2048x2048x2048", "best_kernel_gflops": 150.0,
                              "channels_last_speedup": 1.0, "kernels_gflops": {"gemm 2048x2048x2048": 150.0},
                              "channels_last": {"gflops": 120.0, "step_s": 0.5}, "contiguous": {"gflops": 110.0}},
-        "bench_eval": {"speedup": 6.0, "max_rel_error": {"train": 0.005, "test": 0.008}},
+        "eval_setup": None,
+        "bench_eval": {"speedup": 12.0, "max_rel_error": {"train": 0.005, "test": 0.008}, "points": [], "default": {"bn": 1000},
+                       "bn_images_error_segment_middle": {"1000": 0.0006}, "default_s_per_point": 2.0},
         "bench_data": {"cache_over_training": 100.0, "cache_over_jpeg": 20.0, "cache_images_per_s": 1e4, "met": True},
-        "bench_perceptual": {"precision": "fp32", "perceptual_over_mse": 9.0, "perceptual_fp32_over_mse": 9.0, "naive_over_ours": 2.0, "met": False},
+        "bench_perceptual": {"precision": "fp32", "perceptual_over_mse": 9.0, "uncached_over_mse": 10.0, "perceptual_fp32_over_mse": 9.0,
+                             "naive_over_ours": 2.0, "met": False},
+        "bench_plane": {"subsets": {"bn": 2000, "train": 2000, "test": 2000}, "s_per_point": 4.0, "over_eval_point": 2.0},
     }
     for name, value in measured.items():
         monkeypatch.setattr(bench, name, lambda *args, value=value, **kwargs: value)
