@@ -385,8 +385,8 @@ def table_rows(r: dict) -> list[tuple]:
         (f"   segment middle, BN from {v['default']['bn']} images", f"{bn_at_default(v):+.2%}", "-", None),
         ("4. cache img/s / training img/s", f"{d['cache_over_training']:.0f}x", ">= 20x", d["met"]),
         ("   cache img/s / JPEG decode img/s", f"{d['cache_over_jpeg']:.0f}x", "-", None),
-        (f"5. perceptual step ({p['precision']}, cached targets) / MSE step", f"{p['perceptual_over_mse']:.1f}x", "<= 8x", p["met"]),
-        (f"   perceptual step ({p['precision']}, no cache) / MSE step", f"{p['uncached_over_mse']:.1f}x", "-", None),
+        (f"5. perceptual step (auto = {p['precision']}, cached targets) / MSE step", f"{p['perceptual_over_mse']:.1f}x", "<= 8x", p["met"]),
+        (f"   perceptual step (auto = {p['precision']}, no cache) / MSE step", f"{p['uncached_over_mse']:.1f}x", "-", None),
         ("   perceptual step (fp32, no cache) / MSE step", f"{p['perceptual_fp32_over_mse']:.1f}x", "-", None),
         ("   naive perceptual / ours (fp32)", f"{p['naive_over_ours']:.2f}x", "> 1", p["naive_over_ours"] > 1),
     ]
