@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from files import UserError, load_failure
+from lib.files import UserError, load_failure
 
 IMAGE_SIZE = 64
 LOSSES = ("mse", "perceptual")  # a loss group is one of them, optionally denoising and/or sparse (group_name)

@@ -22,15 +22,15 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import ae
-import cli
+from lib import cli
 import curves
 import data
 import eval_curve
-import faces
+from lib import faces
 import fit_curve
 import plane
-import training
-from files import UserError, write_json
+from lib import training
+from lib.files import UserError, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

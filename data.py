@@ -31,9 +31,9 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-import faces
-from cli import positive_int
-from files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
+from lib import faces
+from lib.cli import positive_int
+from lib.files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 SPLITS = ("train", "valid", "test")
 DATASETS = ("synthetic", "celeba", "folder")

@@ -66,12 +66,12 @@ import torch.nn as nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ae  # noqa: E402
-import cli  # noqa: E402
+from lib import cli  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
-import training  # noqa: E402
+from lib import training  # noqa: E402
 from eval_curve import newest_curve, paired_se, target_features  # noqa: E402
-from files import UserError, ensure_dir, file_sha256, load_ae, load_curve, save_ae, save_figure, write_json  # noqa: E402
+from lib.files import UserError, ensure_dir, file_sha256, load_ae, load_curve, save_ae, save_figure, write_json  # noqa: E402
 
 ENSEMBLE_FORMAT = "aemc-ensemble-v1"
 DEFINITION = ("ensemble reconstruction = mean of the members' reconstructions; its loss is the group's loss (and MSE) of "

@@ -23,14 +23,14 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 import ae
-import align
-import cli
+from lib import align
+from lib import cli
 import curves
 import data
-import probe
-import training
+from lib import probe
+from lib import training
 from fit_curve import CURVE_DIR, convergence
-from files import UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
+from lib.files import UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
 
 EVAL_FORMAT = "aemc-eval-v1"
 METRICS = ("train_loss", "test_loss", "train_mse", "test_mse")

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 import ae
-import align
-import cli
+from lib import align
+from lib import cli
 import curves
 import data
-import training
-from files import CURVE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, save_checkpoint
+from lib import training
+from lib.files import CURVE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, save_checkpoint
 
 CURVE_DIR = Path("runs/curves")
 OBJECTIVES = ("uniform", "arclength")

@@ -38,12 +38,12 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import cli  # noqa: E402
+from lib import cli  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
-import training  # noqa: E402
+from lib import training  # noqa: E402
 from eval_curve import segment_of  # noqa: E402
-from files import FormatError, UserError, ensure_dir, load_ae, load_curve, save_figure, write_json  # noqa: E402
+from lib.files import FormatError, UserError, ensure_dir, load_ae, load_curve, save_figure, write_json  # noqa: E402
 
 FS_FORMAT = "aemc-function-space-v1"
 DEFAULT_OUT = Path("runs/function_space")

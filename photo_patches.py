@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import cli
-from files import UserError, atomic_write, ensure_dir
+from lib import cli
+from lib.files import UserError, atomic_write, ensure_dir
 
 # (package, path inside the package) of photographs that ship with packages this toolkit may have
 PHOTOS = (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),

@@ -23,13 +23,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import ae
-import cli
+from lib import cli
 import curves
 import data
-import training
+from lib import training
 from eval_curve import CURVE_DIR, METRICS, add_subset_args, evaluate_point, newest_curve, target_features
 from fit_curve import check_compatible
-from files import UserError, ensure_dir, file_sha256, load_ae, load_curve, plain_equal, write_json
+from lib.files import UserError, ensure_dir, file_sha256, load_ae, load_curve, plain_equal, write_json
 
 PLANE_FORMAT = "aemc-plane-v1"
 PARTIAL_FORMAT = "aemc-plane-partial-v1"

@@ -24,8 +24,8 @@ from matplotlib.colors import BoundaryNorm  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ae  # noqa: E402
-import cli  # noqa: E402
-from files import UserError, ensure_dir, save_figure, write_json  # noqa: E402
+from lib import cli  # noqa: E402
+from lib.files import UserError, ensure_dir, save_figure, write_json  # noqa: E402
 
 EVAL_FORMAT = "aemc-eval-v1"
 PLANE_FORMAT = "aemc-plane-v1"

@@ -20,9 +20,9 @@ from urllib.parse import quote
 import numpy as np
 
 import ae
-import cli
+from lib import cli
 import fit_curve
-from files import CURVE_FORMAT, UserError, file_sha256, load_checkpoint, write_text
+from lib.files import CURVE_FORMAT, UserError, file_sha256, load_checkpoint, write_text
 from plot import PLANE_FORMAT, pair_label, plane_label, read_eval, read_result
 
 # A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.

@@ -25,15 +25,15 @@ import torch
 import torchvision
 
 import ae
-import cli
+from lib import cli
 import curves
 import data
 import ensemble
 import eval_curve
-import executors
+from lib import executors
 import report
-import training
-from files import UserError, ensure_dir, file_sha256, folder_lock, write_json
+from lib import training
+from lib.files import UserError, ensure_dir, file_sha256, folder_lock, write_json
 
 STUDY_FORMAT = "aemc-study-v1"
 # Every value can be overridden by the flag of the same name. A value given per loss group (a dict)

@@ -22,10 +22,10 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 import ae
-import cli
+from lib import cli
 import data
-import training
-from files import AE_FORMAT, UserError, atomic_write, ensure_dir, load_checkpoint, save_ae, write_json
+from lib import training
+from lib.files import AE_FORMAT, UserError, atomic_write, ensure_dir, load_checkpoint, save_ae, write_json
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)

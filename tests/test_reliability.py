@@ -28,15 +28,15 @@ from PIL import Image
 import ae
 import data
 import eval_curve
-import files
+from lib import files
 import fit_curve
 import plot
 import train_ae
-import training
+from lib import training
 from conftest import tiny_args
-from files import AE_FORMAT, CURVE_FORMAT, CheckpointError, UserError, load_checkpoint, save_ae, save_checkpoint
+from lib.files import AE_FORMAT, CURVE_FORMAT, CheckpointError, UserError, load_checkpoint, save_ae, save_checkpoint
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root, where the scripts are
 EPOCHS = 8
 RESUME = training.RESUME_FORMAT
 FIT_FLAGS = ["--epochs", "2", "--batch-size", "32", "--bn-images", "16", "--eval-batch-size", "64", "--lr", "3e-3"]
@@ -130,7 +130,7 @@ def check_every_file_is_whole(folder: Path) -> None:
 KILL_MID_WRITE = """
 import io, os, signal, sys
 from pathlib import Path
-import files
+from lib import files
 target, nth = sys.argv.pop(1), int(sys.argv.pop(1))
 real_write, seen = files.atomic_write, []
 
@@ -149,7 +149,8 @@ def atomic_write(path, write, binary=True):
     return real_write(path, write, binary)
 
 files.atomic_write = atomic_write
-import cli, train_ae
+import train_ae
+from lib import cli
 cli.run(train_ae.main)
 """
 
@@ -377,7 +378,7 @@ def calls(tree: ast.AST):
 
 
 def project_sources():
-    return [p for p in sorted(HERE.glob("*.py")) if not p.name.startswith("test_") and p.name != "conftest.py"]
+    return [p for p in sorted([*HERE.glob("*.py"), *HERE.glob("lib/*.py")]) if not p.name.startswith("test_") and p.name != "conftest.py"]
 
 
 def test_every_load_is_weights_only():

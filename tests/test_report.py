@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 import ae
-import cli
+from lib import cli
 import eval_curve
 import fit_curve
 import plot
 import report
-from files import UserError
+from lib.files import UserError
 
 T = np.linspace(0.0, 1.0, 11).tolist()
 MODEL = {"arch": "conv-ae-v1", "latent_dim": 8, "width": 4}

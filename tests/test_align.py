@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import ae
-import align
-from files import UserError, load_ae
+from lib import align
+from lib.files import UserError, load_ae
 
 CONFIG = {"arch": "conv-ae-v1", "latent_dim": 8, "width": 4}
 
@@ -143,7 +143,7 @@ def test_eval_aligned_adds_the_aligned_segment_beside_the_others(evaluated):
 
 def test_fit_aligned_joins_a_to_the_aligned_b_and_records_it(endpoints, curve, tmp_path):
     import fit_curve
-    from files import load_curve
+    from lib.files import load_curve
 
     out = tmp_path / "aligned.pt"
     fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--aligned", "--epochs", "1", "--batch-size", "16",

@@ -14,7 +14,7 @@ import fit_curve
 import function_space
 import train_ae
 from conftest import tiny_args
-from files import UserError, load_ae, load_curve, save_ae
+from lib.files import UserError, load_ae, load_curve, save_ae
 
 FLAGS = ["--t-points", "5", "--bn-images", "32", "--images", "8", "--eval-batch-size", "64"]
 FGE_ITERATIONS = (2, 6, 10)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import ae
-import cli
+from lib import cli
 import report
 import run_study
-from files import UserError
+from lib.files import UserError
 from test_data import fake_celeba
 
 MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
@@ -29,7 +29,7 @@ MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-d
 # Holds the study folder argv[1] locked, as a running study would, until it is killed.
 HOLD_LOCK = """
 import sys, time
-import files
+from lib import files
 with files.folder_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -108,7 +108,7 @@ def snapshot(folder):
 
 def test_a_folder_in_use_is_refused_in_one_line_and_a_killed_runs_lock_is_taken_over(study, monkeypatch, capsys):
     folder, args, report = study
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=Path(__file__).parent,
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=Path(__file__).resolve().parent.parent,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from files import UserError
+from lib.files import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -17,10 +17,10 @@ from typing import Iterator
 
 import torch
 
-from files import UserError
+from lib.files import UserError
 
 RAY_INSTALL = "pip install -r requirements-ray.txt"
-REPO = Path(__file__).resolve().parent  # where the scripts are: on every node's PYTHONPATH
+REPO = Path(__file__).resolve().parent.parent  # where the scripts are: on every node's PYTHONPATH
 
 
 @contextlib.contextmanager

@@ -9,9 +9,9 @@ from PIL import Image
 import ae
 import data
 import train_ae
-import training
+from lib import training
 from conftest import killed_after_epoch, tiny_args
-from files import UserError, load_ae
+from lib.files import UserError, load_ae
 
 
 def weights(path):

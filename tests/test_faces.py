@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import faces
+from lib import faces
 
 
 def test_synthetic_faces_are_a_pure_function_of_seed_and_index():

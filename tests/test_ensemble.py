@@ -11,9 +11,9 @@ import curves
 import data
 import ensemble
 import fit_curve
-import training
+from lib import training
 from conftest import tiny_args
-from files import UserError, load_ae
+from lib.files import UserError, load_ae
 
 CPU = torch.device("cpu")
 RUN_FLAGS = ["--points", "3", "--k", "3", "--fge-cycles", "2", "--cycle-steps", "4", "--fge-lr1", "3e-3",

@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 import ae
 import curves
-from files import UserError
+from lib.files import UserError
 
 ARCH = "conv-ae-v1"
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import ae
 from data import batch_indices, batches, to_batch
-from files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
+from lib.files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 RESUME_FORMAT = "aemc-resume-v1"
 SCHEDULES = ("ref", "cosine", "constant")

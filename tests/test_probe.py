@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import probe
+from lib import probe
 
 
 def codes(n, d=16, seed=0):

@@ -29,7 +29,7 @@ def endpoints(tmp_path_factory):
 def killed_after_epoch(monkeypatch, epoch: int):
     """A run inside stops with KeyboardInterrupt (as on Ctrl-C) right after writing its resume state
     for `epoch` (0-based); the interrupt is expected, and the real save_resume is back afterwards."""
-    import training
+    from lib import training
 
     real = training.save_resume
 

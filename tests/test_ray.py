@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import cli
-import executors
+from lib import cli
+from lib import executors
 import run_study
-from files import UserError
+from lib.files import UserError
 
 # 1 epoch, a width-4 autoencoder, a few images, the mse group only: trainings, fits, evaluations (with the
 # aligned segment and the probes), figures and report; one thread per step, so both executors compute alike

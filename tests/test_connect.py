@@ -15,13 +15,13 @@ import ensemble
 import eval_curve
 import fit_curve
 import plot
-import probe
+from lib import probe
 import train_ae
-import training
+from lib import training
 from conftest import killed_after_epoch, tiny_args
-from files import UserError, load_ae, load_checkpoint, save_checkpoint, load_curve
+from lib.files import UserError, load_ae, load_checkpoint, save_checkpoint, load_curve
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root, where the scripts are
 EVAL_FLAGS = ["--num_points", "5", "--columns", "3", "--bn-images", "40", "--train-images", "40", "--test-images", "12"]
 
 

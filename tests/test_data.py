@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 import data
-import faces
-from files import UserError, load_checkpoint, save_checkpoint
+from lib import faces
+from lib.files import UserError, load_checkpoint, save_checkpoint
 
 CELEBA_PARTS = [0] * 18 + [1] * 6 + [2] * 6  # partition value of each fake CelebA image
 

@@ -12,7 +12,7 @@ import plane
 import plot
 import train_ae
 from conftest import tiny_args
-from files import CURVE_FORMAT, load_checkpoint, save_checkpoint
+from lib.files import CURVE_FORMAT, load_checkpoint, save_checkpoint
 
 SUBSETS = ["--bn-images", "40", "--train-images", "40", "--test-images", "12"]
 
