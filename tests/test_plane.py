@@ -12,7 +12,7 @@ import plane
 import plot
 import train_ae
 from conftest import tiny_args
-from lib.files import CURVE_FORMAT, load_checkpoint, save_checkpoint
+from lib.files import CURVE_FORMAT, file_sha256, load_ae, load_checkpoint, save_checkpoint
 
 SUBSETS = ["--bn-images", "40", "--train-images", "40", "--test-images", "12"]
 
@@ -128,9 +128,41 @@ def third(endpoints, tmp_path_factory):
     return out
 
 
+# other sizes for each subset, so that BatchNorm, train and test images taken from the wrong subset show
+POINT_SUBSETS = ["--bn-images", "24", "--train-images", "40", "--test-images", "12"]
+
+
+def chain_through(paths, out, curve):
+    """A polychain curve checkpoint whose 3 bends are the endpoints `paths` (at t = 0, 1/2 and 1: exactly those
+    weights), with the fitted `curve`'s config otherwise, for eval_curve.py to measure each endpoint."""
+    models = [load_ae(p) for p in paths]
+    net = curves.CurveNet(models[0][0], "polychain", 3)
+    for j, (model, _) in enumerate(models):
+        net.import_endpoint(model.state_dict(), j)
+    for t, (model, _) in zip((0.0, 0.5, 1.0), models):
+        assert torch.equal(net.weights(t), curves.flat_parameters(model))
+    config = load_checkpoint(curve, CURVE_FORMAT)["config"]
+    ends = [{"path": str(p), "sha256": file_sha256(p), "config": ckpt["config"]} for p, (_, ckpt) in zip(paths, models)]
+    save_checkpoint(out, CURVE_FORMAT, {"state_dict": net.state_dict(),
+                                        "config": {**config, "curve": "polychain", "num_bends": 3, "endpoints": ends}})
+    return out
+
+
 def test_points_gives_the_plane_of_three_endpoints_and_plot_draws_it(endpoints, third, result, curve, tmp_path):
     out = tmp_path / "three.plane.json"
-    three = plane.main(["--points", str(endpoints[0]), str(endpoints[1]), str(third), "--grid", "3", *SUBSETS, "--out", str(out)])
+    paths = [endpoints[0], endpoints[1], third]
+    three = plane.main(["--points", *map(str, paths), "--grid", "3", *POINT_SUBSETS, "--out", str(out)])
+    # each point's losses are its endpoint's own, measured by eval_curve.py on the same subsets with the plane's
+    # estimator (the plain subset means) at the bend of a chain through the three endpoints
+    chain = chain_through(paths, tmp_path / "chain.pt", curve)
+    own = eval_curve.main(["--ckpt", str(chain), "--num_points", "3", "--columns", "2", *POINT_SUBSETS, "--estimator", "subset",
+                           "--out", str(tmp_path / "chain.eval.json")])["paths"]["curve"]
+    assert own["estimator"] == ["subset"] * 3 and three["settings"]["bn_images"] == 24
+    names = [*eval_curve.METRICS, *(f"{m}_se" for m in eval_curve.METRICS)]
+    for i, point in enumerate(three["points"]):
+        for name in names:
+            assert point[name] == pytest.approx(own[name][i], rel=1e-5), (point["name"], name)
+    assert len({round(own["test_loss"][i], 6) for i in range(3)}) == 3  # three different networks: a mix-up would show
     a, b, c = three["points"]
     assert (a["x"], a["y"], b["y"]) == (0, 0, pytest.approx(0, abs=1e-9)) and b["x"] == pytest.approx(1) and c["y"] > 0
     assert three["source"] == "points" and three["segments"] == [[0, 1], [1, 2], [0, 2]] and three["curve_projection"] is None
