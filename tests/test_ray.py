@@ -1,5 +1,6 @@
 """Tests of run_study.py's executors: the step graph, and the Ray executor (a local 2-CPU Ray instance)
-against the local one, a failing step, and Ray missing."""
+against the local one, a failing step, and Ray missing; and which steps the Ray executor has in flight at
+once (on a recording stand-in for Ray, with steps that do nothing)."""
 import json
 import re
 import sys
@@ -121,3 +122,89 @@ def test_a_failing_ray_step_stops_only_its_dependants_and_a_rerun_completes_the_
     assert sorted(re.findall(r"^\[\d+/10\] (.+?)  \(elapsed .*, took ", out, flags=re.M)) == sorted(["train mse seed 2", *dependants])
     assert sorted(re.findall(r"^\[\d+/10\] (.+?): up to date, skipped", out, flags=re.M)) == sorted(independent)
     assert report.is_file() and "Evidence: 3 pair(s) in all" in report.read_text()
+
+
+class RecordingRay:
+    """Just enough of the `ray` module for executors.RayPool, with no Ray and no timing: a task runs when it is
+    got, and ray.wait hands back the task submitted last (the reverse of the plan's order); every submission and
+    every wait is recorded with the steps in flight at that moment."""
+
+    class exceptions:  # noqa: N801  (ray.exceptions)
+        class RayError(Exception):
+            pass
+
+        class RayTaskError(RayError):
+            pass
+
+    class Ref:  # an object reference: hashable, by identity
+        def __init__(self, fn, args):
+            self.fn, self.args = fn, args
+
+    def __init__(self, cpus: int):
+        self.cpus, self.in_flight, self.events = cpus, [], []
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": self.cpus}}]
+
+    def cluster_resources(self):
+        return {"CPU": self.cpus}
+
+    def remote(self, fn):
+        ray = self
+
+        class Task:
+            def options(self, **_):
+                return self
+
+            def remote(self, script, argv, *rest):
+                ref = RecordingRay.Ref(fn, (script, argv, *rest))
+                ray.in_flight.append(ref)
+                ray.events.append(("submit", argv))
+                return ref
+
+        return Task()
+
+    def wait(self, refs, num_returns):
+        assert num_returns == 1 and set(map(id, refs)) == set(map(id, self.in_flight))
+        self.events.append(("wait", [ref.args[1] for ref in self.in_flight]))
+        ref = self.in_flight.pop()
+        return [ref], list(self.in_flight)
+
+    def get(self, ref):
+        return ref.fn(*ref.args)
+
+
+def test_the_ray_executor_submits_every_ready_step_at_once_and_none_before_its_inputs_exist(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(executors, "run_step", lambda script, argv, threads, cwd: ran.append(argv) or 0.0)  # a step that does nothing
+    settings = run_study.resolve_settings(run_study.parse_args(["--seeds", "0", "1", "2", "--precision", "fp32"]))  # mse, perceptual: every kind
+    steps = run_study.plan(settings, tmp_path / "study", "random")
+    name_of = {tuple(s["argv"]): s["name"] for s in steps}
+    assert len(name_of) == len(steps)  # a submission names its step by its argv
+    made_by = {str(s["output"]): s["name"] for s in steps}  # what each step needs, read here from inputs and outputs
+    needs = {s["name"]: {made_by[str(p)] for p in s["inputs"] if str(p) in made_by} for s in steps}
+    ray = RecordingRay(cpus=4)
+    pool = executors.RayPool(ray, threads=1, cuda=False)
+    assert not pool.serial and pool.slots == 4
+    record = {"steps": [], "done": {}}
+    run_study.run_steps(steps, record, tmp_path / "study.json", pool)
+
+    assert sorted(map(tuple, ran)) == sorted(name_of)  # every step ran once
+    assert [e["name"] for e in record["steps"] if not e["skipped"]] == [s["name"] for s in steps]
+    finished, submitted, waits = set(), [], []
+    for kind, what in ray.events:
+        if kind == "submit":
+            name = name_of[tuple(what)]
+            assert needs[name] <= finished, f"{name} submitted before {sorted(needs[name] - finished)} finished"
+            submitted.append(name)
+        else:
+            in_flight = {name_of[tuple(argv)] for argv in what}
+            ready = {s["name"] for s in steps if s["name"] not in submitted and needs[s["name"]] <= finished}
+            assert not ready, f"waited with {sorted(ready)} ready but not submitted"
+            waits.append(in_flight)
+            finished.add(name_of[tuple(what[-1])])  # the one RecordingRay.wait hands back
+    trainings = {f"train {loss} seed {seed}" for loss in ("mse", "perceptual") for seed in (0, 1, 2)}
+    assert waits[0] == trainings == {name for name, deps in needs.items() if not deps}  # all in flight before any is waited for
+    # and later: a group's fit as soon as its two endpoints are there, while the other group still trains
+    assert any("fit perceptual bezier seeds 1-2" in w and "train mse seed 0" in w for w in waits)
+    assert submitted[-1] == "plot figures" and len(submitted) == len(steps)
