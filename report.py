@@ -340,6 +340,9 @@ def checks(evals: list[dict]) -> str:
                 f"endpoints near an end by more than {SIGNIFICANCE:g} standard errors; deepest {deepest['pair']}, at t = {b['t']:.2f} "
                 f"the test loss is {b['value']:.4g}, {pct(b['depth'])} below the better endpoint ({b['z']:.1f} SE). Moving away "
                 f"from an endpoint should not lower its loss if it had converged; train the endpoints longer.")
+    elif all(p["excess_se"] is None for p in pairs):  # evaluations without per-image losses: below_ends was not computed
+        ends = ("Endpoints: not checked: no evaluation has per-image losses, so whether a curve passes below both of its "
+                "endpoints could not be tested.")
     else:
         ends = (f"Endpoints: no curve passes below both of its endpoints near an end by more than {SIGNIFICANCE:g} standard errors "
                 f"(no sign of under-trained endpoints).")
