@@ -2,8 +2,10 @@
 
 Reads only the files run_study.py left in the study folder (study.json, the endpoints' metrics
 JSONs, the curve evaluations, the planes and the figures; model code only to count parameters) and
-writes the set-up, the endpoint and curve tables, the figures, the planes (Figure 1) in numbers,
-and an answer generated from the numbers.
+writes the answer generated from the numbers first (the groups' verdicts in one table, and two
+sentences), then the evidence: the set-up, the endpoint and curve tables, the figures, the planes
+(Figure 1) in numbers, ensembles, function space and probes; last, the criterion, each group's
+verdict in numbers and the checks of fits and endpoints.
 Of those files it uses the outputs of the plan in study.json, and evaluations only when they fit
 its settings and the curve checkpoint as it is now: files of earlier runs are named, not used.
 """
@@ -44,6 +46,9 @@ HEADLINES = {
     "partly": "partly: only some of the fitted curves are low-loss paths",
     "no": "no: the fitted curves are not low-loss paths",
 }
+# The same categories in a word or two, for the table the report leads with.
+VERDICTS = {"yes": "connected; segment barrier", "mixed": "connected; segment barrier for some pairs",
+            "linear": "connected; segment low-loss too", "partly": "partly connected", "no": "not connected"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -225,8 +230,14 @@ def verdict(group_evals: list[dict]) -> dict:
         category = "partly" if n_low else "no"
     mean = lambda key: sum(p[key] for p in pairs) / n  # noqa: E731
     worst = max(pairs, key=lambda p: p["segment_barrier"])
+    aligned = [p for p in pairs if p["aligned_barrier"] is not None]  # the pairs whose aligned segment was evaluated
+    fitted = [p for p in pairs if p["converged"] is not None]  # the fits that recorded their history
     return {"worst_segment_barrier_se": worst["segment_barrier_se"],
             "mean_segment_barrier_se": mean_se([p["segment_barrier_se"] for p in pairs]),
+            "mean_excess_se": mean_se([p["excess_se"] for p in pairs]), "n_aligned": len(aligned),
+            "mean_aligned_barrier": sum(p["aligned_barrier"] for p in aligned) / len(aligned) if aligned else None,
+            "mean_aligned_barrier_se": mean_se([p["aligned_barrier_se"] for p in aligned]) if aligned else None,
+            "n_fits_known": len(fitted), "n_converged": sum(bool(p["converged"]) for p in fitted),
             "group": ae.group_of(group_evals[0]), "category": category, "headline": HEADLINES[category], "n_pairs": n,
             "n_low_loss": n_low, "n_segment_barriers": n_barrier, "worst_excess": max(p["excess"] for p in pairs),
             "mean_excess": mean("excess"), "worst_segment_barrier": max(p["segment_barrier"] for p in pairs),
@@ -239,12 +250,12 @@ def alignment_sentence(v: dict) -> str:
     pairs = [p for p in v["pairs"] if p["aligned_barrier"] is not None]
     if not pairs:
         return ""
-    segment, aligned = (sum(p[key] for p in pairs) / len(pairs) for key in ("segment_barrier", "aligned_barrier"))
+    segment, aligned = sum(p["segment_barrier"] for p in pairs) / len(pairs), v["mean_aligned_barrier"]
     removed = lambda seg, al: pct(1 - al / seg) if seg > 0 else "n/a"  # noqa: E731
     per_pair = ", ".join(f"{p['pair']} {removed(p['segment_barrier'], p['aligned_barrier'])}" for p in pairs)
     barred = sum(p["aligned_has_barrier"] for p in pairs)
     return (f"*Alignment, {v['group']} group:* with B's units permuted to match A's (weight matching) the straight segment's "
-            f"relative test barrier is {with_se(aligned, mean_se([p['aligned_barrier_se'] for p in pairs]), True)} on average "
+            f"relative test barrier is {with_se(aligned, v['mean_aligned_barrier_se'], True)} on average "
             f"instead of {with_se(segment, mean_se([p['segment_barrier_se'] for p in pairs]), True)}, so alignment removes "
             f"{removed(segment, aligned)} of the segment's barrier (per pair: {per_pair}); the aligned segment still has a "
             f"barrier by the criterion above for {barred} of {len(pairs)} pairs.")
@@ -270,26 +281,37 @@ def verdict_sentence(v: dict) -> str:
 
 
 def comparison(verdicts: list[dict]) -> str:
-    """One paragraph comparing the groups' segment barriers and whether their curves close the gap."""
-    if len(verdicts) < 2:
-        return f"Only the {verdicts[0]['group']} group was evaluated, so the loss groups cannot be compared."
-    ranked = sorted(verdicts, key=lambda v: -v["mean_segment_barrier"])
-    chain = " > ".join(f"{v['group']} {pct(v['mean_segment_barrier'])} ({pct(v['worst_segment_barrier'])})" for v in ranked)
+    """The answer in two sentences over all groups: are the endpoints connected by low-loss curves (in
+    which groups the fitted curves close the gap), and is the straight segment a barrier (for how many
+    pairs, and in which group highest); with a single group, a note that groups cannot be compared."""
+    n = sum(v["n_pairs"] for v in verdicts)
+    n_low, n_barrier = sum(v["n_low_loss"] for v in verdicts), sum(v["n_segment_barriers"] for v in verdicts)
+    word = lambda k: "yes" if k == n else "no" if k == 0 else "partly"  # noqa: E731
     close = [v["group"] for v in verdicts if v["n_low_loss"] == v["n_pairs"]]
-    if len(close) == len(verdicts):
+    if len(verdicts) == 1:
+        closing = f"the fitted curves {'close' if close else 'do not close'} the gap in the {verdicts[0]['group']} group"
+    elif len(close) == len(verdicts):
         closing = "the fitted curves close the gap in every group"
     elif close:
         closing = f"the fitted curves close the gap only in the {', '.join(close)} group"
     else:
         closing = "the fitted curves close the gap in no group"
     excess = ", ".join(f"{v['group']} {pct(v['worst_excess'])}" for v in verdicts)
+    curves = (f"**Low-loss curves between the endpoints: {word(n_low)}** — {closing} ({n_low} of {n} fitted curves keep their max "
+              f"test loss within {pct(CURVE_EXCESS)} of the worse endpoint's; worst curve excess: {excess}).")
+    ranked = sorted(verdicts, key=lambda v: -v["mean_segment_barrier"])
+    chain = " > ".join(f"{v['group']} {pct(v['mean_segment_barrier'])} ({pct(v['worst_segment_barrier'])})" for v in ranked)
+    segments = (f"**A barrier on the straight segment: {'for some pairs' if word(n_barrier) == 'partly' else word(n_barrier)}** — "
+                f"by the criterion of the last section the segment has a barrier for {n_barrier} of {n} pairs; mean (worst) relative test "
+                f"barrier of the straight segments: {chain}")
+    if len(verdicts) == 1:
+        return f"{curves}\n\n{segments}.\n\nOnly the {verdicts[0]['group']} group was evaluated, so the loss groups cannot be compared."
     # a spread under one percentage point is within the rounding of the quoted numbers: call it a tie
     if ranked[0]["mean_segment_barrier"] - ranked[-1]["mean_segment_barrier"] < 0.01:
         order = "about equally high in every group"
     else:
         order = f"highest in the {ranked[0]['group']} group"
-    return (f"Comparison: mean (worst) relative test barrier of the straight segments: {chain}, so the segments' barriers "
-            f"are {order}; {closing} (worst curve excess: {excess}).")
+    return f"{curves}\n\n{segments}, so the segments' barriers are {order}."
 
 
 def evidence(evals: list[dict], study: dict) -> str:
@@ -340,14 +362,57 @@ def checks(evals: list[dict]) -> str:
                 f"endpoints near an end by more than {SIGNIFICANCE:g} standard errors; deepest {deepest['pair']}, at t = {b['t']:.2f} "
                 f"the test loss is {b['value']:.4g}, {pct(b['depth'])} below the better endpoint ({b['z']:.1f} SE). Moving away "
                 f"from an endpoint should not lower its loss if it had converged; train the endpoints longer.")
+    elif all(p["excess_se"] is None for p in pairs):  # evaluations without per-image losses: below_ends was not computed
+        ends = ("Endpoints: not checked: no evaluation has per-image losses, so whether a curve passes below both of its "
+                "endpoints could not be tested.")
     else:
         ends = (f"Endpoints: no curve passes below both of its endpoints near an end by more than {SIGNIFICANCE:g} standard errors "
                 f"(no sign of under-trained endpoints).")
     return f"{fits}\n\n{ends}"
 
 
-def answer(evals: list[dict], study: dict | None = None) -> str:
-    """The generated answer: the criterion, one verdict per loss group, the comparison, the caveats."""
+def under_trained(v: dict) -> str:
+    """Whether the group's endpoints look under-trained, the rule of checks(): they do when any of the
+    group's curves passes below both of its endpoints near an end (t in the first or last quarter) by
+    more than SIGNIFICANCE standard errors (eval_curve.summarize's `below_ends`), since moving away from a
+    converged endpoint should not lower its loss. 'yes' (how many curves, the deepest dip below the better
+    endpoint), 'no', or 'not checked' where no curve has per-image losses (no standard errors: below_ends
+    cannot be computed; 'no' names how many were checked when only some could be)."""
+    low = [p for p in v["pairs"] if p["below_ends"]]
+    checked = [p for p in v["pairs"] if p["below_ends"] or p["excess_se"] is not None]
+    if low:
+        return f"**yes**: {len(low)} of {v['n_pairs']} curves dip below both ends (deepest {pct(max(p['below_ends']['depth'] for p in low))})"
+    if not checked:
+        return "not checked (no per-image losses)"
+    return "no" if len(checked) == v["n_pairs"] else f"no ({len(checked)} of {v['n_pairs']} curves checked)"
+
+
+def verdict_table(verdicts: list[dict]) -> str:
+    """The groups' verdicts in one table, a row per group: the category, the curves' excess over the worse
+    end and the straight segments' relative barrier (means over pairs ± SE), the aligned segments' (where
+    evaluated, '—' elsewhere), how many fits converged, and whether the endpoints look under-trained."""
+    rows = []
+    for v in verdicts:
+        aligned = "—" if not v["n_aligned"] else with_se(v["mean_aligned_barrier"], v["mean_aligned_barrier_se"], True) + (
+            f" ({v['n_aligned']} of {v['n_pairs']} pairs)" if v["n_aligned"] < v["n_pairs"] else "")
+        fits = f"{v['n_converged']} of {v['n_fits_known']}" if v["n_fits_known"] else "not recorded"
+        fits += f" ({v['n_pairs'] - v['n_fits_known']} not recorded)" if 0 < v["n_fits_known"] < v["n_pairs"] else ""
+        rows.append([v["group"], VERDICTS[v["category"]], v["n_pairs"], f"+{with_se(v['mean_excess'], v['mean_excess_se'], True)}",
+                     with_se(v["mean_segment_barrier"], v["mean_segment_barrier_se"], True), aligned, fits, under_trained(v)])
+    return table(["group", "verdict", "pairs", "curve excess over worse end", "segment barrier (relative)",
+                  "aligned segment barrier", "fits converged", "endpoints under-trained"], rows)
+
+
+def answer_summary(evals: list[dict]) -> str:
+    """The answer as the report leads with it: the groups' verdicts in one table, then the answer in two sentences."""
+    verdicts = [verdict(members) for members in by_group(evals).values()]
+    return "\n\n".join([verdict_table(verdicts), "Test loss; means over each group's pairs ± their standard error; the "
+                         "quantities, thresholds and checks are defined in the last section.", comparison(verdicts)])
+
+
+def answer_details(evals: list[dict], study: dict | None = None) -> str:
+    """What the answer rests on, for the report's last section: the criterion, one verdict per loss group
+    with its numbers (and alignment's), the checks of fits and endpoints, the caveats."""
     verdicts = [verdict(members) for members in by_group(evals).values()]
     criterion = (f"Criterion (test loss): a curve is *low-loss* if its max test loss is at most {pct(CURVE_EXCESS)} above the "
                  f"larger of its two endpoints' test losses (max_curve / max(start, end) - 1 <= {CURVE_EXCESS}). A straight "
@@ -356,7 +421,12 @@ def answer(evals: list[dict], study: dict | None = None) -> str:
                  f"{SEGMENT_OVER_CURVE:g}x the curve's. A barrier or excess within {SIGNIFICANCE:g} standard errors of zero "
                  f"counts as none (standard errors over test images, paired: the same images at every t).")
     groups = [text for v in verdicts for text in (verdict_sentence(v), alignment_sentence(v)) if text]
-    return "\n\n".join([criterion, *groups, comparison(verdicts), checks(evals), evidence(evals, study or {})])
+    return "\n\n".join([criterion, *groups, checks(evals), evidence(evals, study or {})])
+
+
+def answer(evals: list[dict], study: dict | None = None) -> str:
+    """The whole generated answer: the summary the report leads with, then the details of its last section."""
+    return answer_summary(evals) + "\n\n" + answer_details(evals, study)
 
 
 # ---------------------------------------------------------------- the report's sections
@@ -812,8 +882,10 @@ def write_report(study_dir: Path, out: Path) -> Path:
     if study.get("vgg_fallback"):
         lines += [f"> **WARNING: the perceptual group used a randomly initialised (seeded) VGG16 instead of ImageNet weights**, "
                   f"because: {study['vgg_fallback']}. Its loss is a random-feature loss, not a perceptual loss in the usual sense.", ""]
-    lines += [f"Generated by report.py from the files in `{study_dir}` (no model was run); the answer is in the last section.", ""]
-    sections = [setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
+    lines += [f"Generated by report.py from the files in `{study_dir}` (no model was run). The answer comes first; the evidence "
+              f"follows, and the last section gives the criterion, each group's verdict in numbers and the checks behind them.", ""]
+    sections = ["## The answer\n\n" + answer_summary(s["evals"]) + "\n",
+                setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
                 fits_section(study_dir.resolve(), s["evals"], report_dir),
                 figures_section(study_dir.resolve(), s["evals"], report_dir),
                 planes_section(load_planes(study, study_dir), s["evals"], study_dir.resolve(), report_dir),
@@ -821,7 +893,7 @@ def write_report(study_dir: Path, out: Path) -> Path:
                 ensembles_section(s["ensembles"], report_dir),
                 function_space_section(load_function_space(study, study_dir), report_dir),
                 probes_section(s["evals"], report_dir, study_dir.resolve()),
-                "## Answer\n\n" + answer(s["evals"], study) + "\n"]
+                "## Answer in detail\n\n" + answer_details(s["evals"], study) + "\n"]
     return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))
 
 

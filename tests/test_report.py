@@ -431,3 +431,105 @@ def test_the_aligned_segments_barrier_and_how_much_alignment_removes(tmp_path):
     assert text.index("**mse group") < text.index("*Alignment, mse") < text.index("**perceptual group")
     plain = make_study(tmp_path / "plain")
     assert "lignment" not in report.write_report(plain, plain / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- the answer first
+
+def lead_rows(text: str) -> dict[str, list[str]]:
+    """The cells of the table of the report's first section, by group, checking that the first section is the answer."""
+    sections = re.findall(r"^## .*$", text, flags=re.M)
+    assert sections[0] == "## The answer" and sections[1] == "## Set-up" and sections[-1] == "## Answer in detail", sections
+    lead = text[text.index("## The answer"):text.index("## Set-up")]
+    lines = [line for line in lead.splitlines() if line.startswith("|")]
+    assert lines[0] == ("| group | verdict | pairs | curve excess over worse end | segment barrier (relative) | "
+                        "aligned segment barrier | fits converged | endpoints under-trained |")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert len({row[0] for row in rows}) == len(rows)  # one row per group
+    return {row[0]: row for row in rows}
+
+
+def percent_se(values: list[float], ses: list[float]) -> str:
+    """The mean of `values` ± the standard error of that mean, in percent, as the report prints a number with its SE."""
+    return f"{100 * np.mean(values):.1f}% ± {100 * np.sqrt(np.sum(np.square(ses))) / len(ses):.1f}%"
+
+
+def noisy_study(root: Path) -> Path:
+    """make_study's folder with per-image losses (so standard errors) and a different hump per pair; every fit with a
+    history, the first (mse seeds 0-1) not converged; the perceptual curve of seeds 1-2 dips below both ends at t = 0.1."""
+    make_study(root)
+    for i, path in enumerate(sorted((root / "curves").glob("*.eval.json"))):
+        e = json.loads(path.read_text())
+        curve = profile(1.0, 1.1, 0.07 + 0.01 * i)  # 1.8% to 6.4% over the worse end: low-loss
+        if path.name.startswith("perceptual_s1-s2"):
+            curve[1] *= 0.9
+        e["paths"] = {"curve": noisy_path(curve, 0.02, seed=i), "segment": noisy_path(profile(1.0, 1.1, 0.3 + 0.05 * i), 0.05, seed=10 + i)}
+        history = fit_history([1.0, 0.5, 0.45, 0.40] if i == 0 else [1.0, 0.5, 0.45, 0.448])
+        e["fit"] = {"epochs": 3, "schedule": "ref", "lr": 1e-3, "history": history, **fit_curve.convergence(history)}
+        path.write_text(json.dumps(e))
+    return root
+
+
+def test_the_report_leads_with_one_table_of_the_groups_verdicts(tmp_path):
+    root = noisy_study(tmp_path / "s")
+    text = report.write_report(root, root / "report.md").read_text()
+    rows = lead_rows(text)
+    assert list(rows) == ["mse", "perceptual"]
+    for loss in ("mse", "perceptual"):
+        summaries = [json.loads(p.read_text())["paths"] for p in sorted((root / "curves").glob(f"{loss}_*.eval.json"))]
+        curve, segment = ([s[path]["summary"]["test_loss"] for s in summaries] for path in ("curve", "segment"))
+        excess = [c["max"] / max(c["start"], c["end"]) - 1 for c in curve]
+        assert len(set(np.round(excess, 4))) == 3  # the pairs differ, so a wrong mean would show
+        group, verdict_word, pairs, excess_cell, segment_cell, aligned, fits, ends = rows[loss]
+        assert pairs == "3" and verdict_word == "connected; segment barrier"
+        assert excess_cell == "+" + percent_se(excess, [c["excess_se"] for c in curve])
+        assert segment_cell == percent_se([s["barrier_rel"] for s in segment], [s["barrier_rel_se"] for s in segment])
+        assert aligned == "—"  # no aligned segment evaluated
+        assert fits == {"mse": "2 of 3", "perceptual": "3 of 3"}[loss]  # mse seeds 0-1 is marked not converged
+        dips = [c["below_ends"] for c in curve if c["below_ends"]]
+        assert len(dips) == {"mse": 0, "perceptual": 1}[loss]
+        assert ends == (f"**yes**: 1 of 3 curves dip below both ends (deepest {100 * dips[0]['depth']:.1f}%)" if dips else "no")
+
+
+def test_the_answer_is_said_once_first_and_the_detail_last(tmp_path):
+    root = noisy_study(tmp_path / "s")
+    text = report.write_report(root, root / "report.md").read_text()
+    lead = text[text.index("## The answer"):text.index("## Set-up")]
+    detail = text[text.index("## Answer in detail"):]
+    sentences = [line for line in lead.splitlines() if line.startswith("**")]
+    assert [s.split("**")[1] for s in sentences] == ["Low-loss curves between the endpoints: yes", "A barrier on the straight segment: yes"]
+    assert "close the gap in every group" in sentences[0] and "6 of 6 fitted curves" in sentences[0]
+    assert "has a barrier for 6 of 6 pairs" in sentences[1] and "highest in the perceptual group" in sentences[1]
+    for paragraph in [p.strip() for p in lead.split("\n\n")[1:] if p.strip()]:  # the table and the sentences: nowhere else
+        assert text.count(paragraph) == 1, paragraph
+    # the detail keeps what the lead does not say: the criterion, each group's verdict in numbers, the checks, the caveats
+    for said in ("Criterion (test loss)", "**mse group — ", "**perceptual group — ", "Fits: **1 of 6 curve fits not converged**",
+                 "Endpoints: **the endpoints look under-trained**", "Evidence: 6 pair(s)"):
+        assert text.count(said) == 1 and said in detail, said
+    assert "Comparison:" not in text and "the answer is in the last section" not in text
+
+
+def test_the_aligned_column_averages_the_pairs_where_it_was_evaluated(tmp_path):
+    root = make_study(tmp_path / "s")
+    for i, name in enumerate(("mse_s0-s1", "mse_s0-s2")):  # two of the mse group's three pairs
+        path = root / "curves" / f"{name}-bezier.eval.json"
+        e = json.loads(path.read_text())
+        e["paths"]["aligned_segment"] = fake_path(1.0, 1.1, 0.1 + 0.1 * i)
+        path.write_text(json.dumps(e))
+    rows = lead_rows(report.write_report(root, root / "report.md").read_text())
+    aligned = [json.loads((root / "curves" / f"{name}-bezier.eval.json").read_text())["paths"]["aligned_segment"]["summary"]["test_loss"]
+               for name in ("mse_s0-s1", "mse_s0-s2")]
+    assert rows["mse"][5] == f"{100 * np.mean([a['barrier_rel'] for a in aligned]):.1f}% (2 of 3 pairs)" == "14.3% (2 of 3 pairs)"
+    assert rows["perceptual"][5] == "—"
+    assert rows["mse"][6] == "not recorded" and rows["mse"][7] == "not checked (no per-image losses)"  # no fit history, no per-image losses
+
+
+def test_the_two_sentences_say_partly_and_name_the_groups():
+    evals = [fake_eval("mse", (0, 1), FLAT, BUMP), fake_eval("mse", (0, 2), BUMP, BUMP), fake_eval("perceptual", (0, 1), FLAT, BUMP)]
+    text = report.answer_summary(evals)
+    assert "**Low-loss curves between the endpoints: partly** — the fitted curves close the gap only in the perceptual group" in text
+    assert "(2 of 3 fitted curves" in text and "worst curve excess: mse 40.9%, perceptual 0.0%" in text
+    # the bumpy curve's segment is no worse than the curve: no barrier for that pair
+    assert "**A barrier on the straight segment: for some pairs** — " in text and "has a barrier for 2 of 3 pairs" in text
+    assert "| mse | partly connected | 2 |" in text and "| perceptual | connected; segment barrier | 1 |" in text
+    one = report.answer_summary(evals[2:])
+    assert "close the gap in the perceptual group" in one and "Only the perceptual group was evaluated" in one and "highest" not in one

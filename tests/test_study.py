@@ -320,7 +320,7 @@ def test_groups_with_denoising_and_sparse_variants_get_a_section_and_verdict_eac
     assert (tmp_path / "study/ae/mse+noise=0.1_s0.pt").is_file() and (tmp_path / "study/curves/mse+l1=0.001_s0-s1-bezier.eval.json").is_file()
     for group in ("mse", "mse+noise=0.1", "mse+l1=0.001"):
         assert f"**{group} group — " in text and f"| {group} | seeds 0–1 |" in text and f"Figure 2: {group}, bezier" in text
-    comparison = next(line for line in text.splitlines() if "Comparison: mean (worst) relative test barrier" in line)
+    comparison = next(line for line in text.splitlines() if "mean (worst) relative test barrier of the straight segments" in line)
     assert all(group in comparison for group in ("mse+noise=0.1", "mse+l1=0.001"))
     with pytest.raises(UserError, match="give one of them"):
         run_study.resolve_settings(run_study.parse_args([*MICRO, "--groups", "mse", "--losses", "mse"]))
