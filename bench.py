@@ -26,7 +26,6 @@ from lib import cli
 import curves
 import data
 import eval_curve
-from lib import faces
 import fit_curve
 import plane
 from lib import training
@@ -36,7 +35,7 @@ from lib.files import UserError, write_json
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
     p.add_argument("--repeats", type=cli.positive_int, default=9, help="timed repeats per figure (the median is reported)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=128)
+    p.add_argument("--batch-size", type=cli.positive_int, default=128, help="images per training step in the timed steps")
     p.add_argument("--width", type=cli.positive_int, default=32, help="autoencoder width (32 is the default AutoEncoder)")
     p.add_argument("--eval-train", type=cli.positive_int, default=20000, help="synthetic training images for the evaluation benchmark")
     p.add_argument("--eval-points", type=cli.positive_int, default=5,
@@ -44,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--study", action="store_true", help="also time run_study.py --preset quick (minutes)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when a figure misses its target (after printing and writing all)")
     cli.add_device_arg(p)
-    p.add_argument("--cache-dir", default="data/cache")
-    p.add_argument("--out", default="runs/bench.json")
+    p.add_argument("--cache-dir", default="data/cache", help="where the synthetic faces are cached")
+    p.add_argument("--out", default="runs/bench.json", help="JSON file of every figure measured")
     return p.parse_args(argv)
 
 
@@ -74,7 +73,7 @@ def train_step(model, loss_fn, optimizer, x, precision="fp32", loss_kwargs: dict
 
 
 def batch(n: int, device, memory_format=torch.channels_last) -> torch.Tensor:
-    return next(data.batches(faces.synthetic_faces(0, n), n, device=device, memory_format=memory_format))
+    return next(data.batches(data.synthetic_faces(0, n), n, device=device, memory_format=memory_format))
 
 
 def alternated(steps: list, repeats: int) -> list[list[float]]:
@@ -147,9 +146,10 @@ def trained_endpoint(images: torch.Tensor, seed: int, args, device, epochs: int 
     model = ae.AutoEncoder(width=args.width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     per_epoch = training.steps_per_epoch(len(images), args.batch_size)
+    step = training.Step(training.Objective(ae.mse), optimizer, device, args.batch_size,
+                         lr_at=training.schedule_rates("ref", 3e-3, per_epoch * epochs))
     for epoch in range(epochs):
-        training.train_epoch(model, images, ae.mse, optimizer, batch_size=args.batch_size, generator=training.epoch_generator(seed, epoch),
-                             device=device, epoch=epoch, lr_at=training.epoch_rates("ref", 3e-3, epoch, per_epoch, epochs))
+        training.train_epoch(model, images, step, generator=training.epoch_generator(seed, epoch), epoch=epoch)
     return model
 
 
@@ -158,16 +158,17 @@ def fitted_curve(a: ae.AutoEncoder, b: ae.AutoEncoder, images: torch.Tensor, arg
     net = fit_curve.build_curve(a, b, "bezier", 3).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.free_parameters(), lr=3e-3)
     per_epoch = training.steps_per_epoch(len(images), args.batch_size)
+    step = training.Step(training.Objective(ae.mse), optimizer, device, args.batch_size, t_of=lambda _, u: u,
+                         lr_at=training.schedule_rates("ref", 3e-3, per_epoch * epochs))
     for epoch in range(epochs):
-        training.train_epoch(net, images, ae.mse, optimizer, batch_size=args.batch_size, generator=training.epoch_generator(0, epoch),
-                             device=device, epoch=epoch, sample_t=True, lr_at=training.epoch_rates("ref", 3e-3, epoch, per_epoch, epochs))
+        training.train_epoch(net, images, step, generator=training.epoch_generator(0, epoch), epoch=epoch)
     return net
 
 
 def exhaustive_point(net, t, train, test, device) -> dict:
     """The reference code's evaluation of one point: BatchNorm statistics and loss over the whole
     training set (batches of 128, as its loaders give them), then the whole test set."""
-    curves.update_bn(net, data.batches(train, 128, device=device, memory_format=torch.channels_last), t=t)
+    training.recompute_bn(net, train, 0.0, batch_size=128, device=device, t=t)
     return {split: training.evaluate(net, images, ae.mse, batch_size=128, device=device, t=t)["loss"]
             for split, images in (("train", train), ("test", test))}
 
@@ -190,27 +191,27 @@ def bench_eval(args, device, setup: tuple) -> dict:
     time of the non-anchor points here. Also: the error of the test loss at the segment's middle against the
     number of images its BatchNorm statistics come from (all training images: no error)."""
     train, test, net = setup
-    paths = {"curve": net, "segment": eval_curve.segment_of(net).to(device, memory_format=torch.channels_last)}
+    paths = {"curve": net, "segment": training.segment_of(net).to(device, memory_format=torch.channels_last)}
     d = eval_curve.parse_args([])
     anchor_ts = sorted({0.0, 1.0, *d.anchors})
     ts = np.linspace(0.1, 0.9, args.eval_points).tolist()
     subsets, bn = {"train": train[: d.train_images], "test": test[: d.test_images]}, train[: d.bn_images]
     start = time.perf_counter()
-    anchors = eval_curve.anchor_values(paths, anchor_ts, {"train": train, "test": test}, ae.mse, bn_images=bn,
+    anchors = training.anchor_values(paths, anchor_ts, {"train": train, "test": test}, ae.mse, bn_images=bn,
                                        batch_size=d.eval_batch_size, device=device)
     anchor_s = time.perf_counter() - start
     fast, spent = {}, 0.0
     for name, path in paths.items():
         start = time.perf_counter()
-        fast[name], _ = eval_curve.evaluate_path(path, ts, subsets, ae.mse, bn_images=bn, shown=batch(1, device), columns=[],
+        fast[name], _ = training.evaluate_path(path, ts, subsets, ae.mse, bn_images=bn, shown=batch(1, device), columns=[],
                                                  batch_size=d.eval_batch_size, device=device, desc=f"default eval, {name}",
                                                  anchors=anchors[name])
         spent += time.perf_counter() - start
-    timed = sum(eval_curve.anchor_at(anchor_ts, t) is None for t in ts) * len(paths)
+    timed = sum(training.anchor_at(anchor_ts, t) is None for t in ts) * len(paths)
     start, slow = time.perf_counter(), {(name, t): exhaustive_point(path, t, train, test, device) for name, path in paths.items() for t in ts}
     exhaustive_s = (time.perf_counter() - start) / len(slow)
     grid = np.linspace(0.0, 1.0, d.num_points)
-    off_anchor = sum(eval_curve.anchor_at(anchor_ts, t) is None for t in grid) * len(paths)
+    off_anchor = sum(training.anchor_at(anchor_ts, t) is None for t in grid) * len(paths)
     default_total, exhaustive_total = anchor_s + off_anchor * spent / timed, len(grid) * len(paths) * exhaustive_s
     points = []
     for (name, t), exact in slow.items():
@@ -224,7 +225,7 @@ def bench_eval(args, device, setup: tuple) -> dict:
     middle = paths["segment"]
     bn_error = {}
     for n in (125, 250, 500, 1000, 2000, 4000):
-        curves.update_bn(middle, data.batches(train[:n], 128, device=device, memory_format=torch.channels_last), t=0.5)
+        training.recompute_bn(middle, train[:n], 0.0, batch_size=128, device=device, t=0.5)
         loss = training.evaluate(middle, test, ae.mse, batch_size=128, device=device, t=0.5)["loss"]
         bn_error[n] = loss / slow[("segment", 0.5)]["test"] - 1
     speedup = exhaustive_total / default_total
@@ -262,12 +263,12 @@ def bench_plane(args, device, setup: tuple, eval_point_s: float) -> dict:
 
 def bench_data(args, device, train_rate: float) -> dict:
     """4. Images per second of an epoch from the uint8 cache vs decoding JPEG files every epoch."""
-    images = faces.synthetic_faces(0, 4096)
+    images = data.synthetic_faces(0, 4096)
     cached = median_seconds(lambda: [x.sum() for x in data.batches(images, args.batch_size, shuffle=True, device=device,
                                                                     memory_format=torch.channels_last)], args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for i, img in enumerate(faces.synthetic_faces(0, 300)):  # CelebA-sized JPEGs
+        for i, img in enumerate(data.synthetic_faces(0, 300)):  # CelebA-sized JPEGs
             path = Path(tmp) / f"{i:06d}.jpg"
             Image.fromarray(img.permute(1, 2, 0).numpy()).resize((178, 218)).save(path, quality=90)
             paths.append(path)
@@ -286,13 +287,13 @@ def bench_perceptual(args, device) -> dict:
     VGG kept to relu4_3 although relu3_3 is the last layer used, pow(2).mean for the distance)."""
     x = batch(args.batch_size // 2, device)
     out = {"precision": training.resolve_precision("auto", device, "perceptual")}
-    loss = ae.PerceptualLoss("random").to(device, memory_format=torch.channels_last)
+    loss = training.make_loss("perceptual", "random").to(device, memory_format=torch.channels_last)
     cache = training.target_feature_cache(loss, (x * 255).round().to(torch.uint8).cpu(), batch_size=len(x), device=device,
                                           precision=out["precision"])
     cached = {"target_features": [f.to(device) for f in cache]}
 
     def naive(recon, target):
-        full = ae.vgg16_features("random")[: ae.VGG_LAYERS["relu4_3"] + 1].to(device, memory_format=torch.channels_last)
+        full = ae.vgg16_trunk(0)[: ae.VGG_LAYERS["relu4_3"] + 1].to(device, memory_format=torch.channels_last)
         naive.full = getattr(naive, "full", full)
         feats = []
         for inp in (recon, target):

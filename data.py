@@ -1,9 +1,10 @@
 """Datasets of 64x64 RGB faces as uint8 tensors, decoded once and cached.
 
 Three sources, chosen with --dataset:
-  synthetic  cartoon faces drawn by faces.py; offline, instant, the default.
+  synthetic  cartoon faces drawn here (synthetic_faces); offline, instant, the default.
   celeba     CelebA aligned faces (official train/valid/test partition), from --data-root.
   folder     any folder tree of images, split into train/test by --split-seed.
+CelebA and folder trees are read and decoded by lib/images.py, imported only for them.
 
 `load_split` returns a whole split as one uint8 tensor [N, 3, 64, 64] (the full CelebA training
 set is 2 GB this way) and `batches` turns it into float batches in [0, 1] on the device. The
@@ -11,36 +12,30 @@ first use of a split writes it to `--cache-dir`; the cache is keyed by every set
 changes its pixels and by a fingerprint of the source files, and anything that does not match
 is rebuilt rather than trusted. The cache also records which file each row came from.
 
-`load_labels` gives attributes aligned row for row with `load_split`, for linear probes: the
-drawn attributes of synthetic faces (faces.ATTRIBUTES) or CelebA's 40 binary attributes; a
-folder tree has none (`labels_unavailable` says why).
+The attributes of the images, for linear probes, are lib/probe.py's (load_labels).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
-import math
-import os
+
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from lib import faces
 from lib.cli import positive_int
-from lib.files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
+from lib.files import CACHE_FORMAT, CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 SPLITS = ("train", "valid", "test")
 DATASETS = ("synthetic", "celeba", "folder")
-SIZE = faces.SIZE  # images of every dataset are SIZE x SIZE, the size faces are drawn at
-CELEBA_CROP = 148  # the usual centre crop of CelebA's 178x218 aligned faces before resizing
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-CACHE_KIND = "aemc-cache-v1"
+SIZE = 64  # images of every dataset are SIZE x SIZE, the size the synthetic faces are drawn at
+CACHE_KIND = CACHE_FORMAT
 CACHE_VERSION = 1  # bump when decoding or drawing changes, so old caches are rebuilt
 SYNTHETIC_SEED = 0
 SYNTHETIC_START = {"train": 0, "valid": 10**8, "test": 2 * 10**8}  # disjoint index ranges
@@ -56,10 +51,6 @@ DEFAULTS = {
     "split_seed": 0,
     "cache_dir": "data/cache",
 }
-
-CELEBA_LAYOUT = ("{root}/celeba/img_align_celeba/*.jpg with {root}/celeba/list_eval_partition.txt, "
-                 "or Kaggle's {root}/img_align_celeba/img_align_celeba/*.jpg with {root}/list_eval_partition.csv")
-
 
 # ---------------------------------------------------------------- command line and config
 
@@ -140,51 +131,6 @@ def load_split(config: dict, split: str, progress: bool = True) -> torch.Tensor:
     return _load(config, split, progress)[0]
 
 
-def load_labels(config: dict, split: str, progress: bool = True,
-                ) -> tuple[dict[str, torch.Tensor], dict[str, dict]] | None:
-    """Attributes of a split's images, row for row with `load_split`: (name -> float32 [N], name ->
-    {"kind": "class" or "continuous", "classes": k or None, "what": text}), or None (see labels_unavailable).
-
-    Synthetic faces: faces.ATTRIBUTES. CelebA: its 40 binary attributes (0 absent, 1 present), read
-    from list_attr_celeba.txt or .csv for the files the split's cache holds.
-    """
-    config = _validated(config)
-    _check_split(split)
-    if labels_unavailable(config):
-        return None
-    if config["dataset"] == "synthetic":
-        start, count = _synthetic_range(config, split)
-        return faces.face_attributes(start, count, SYNTHETIC_SEED)
-    _, files = _load(config, split, progress, need_files=True)
-    attributes = _find_celeba(Path(config["data_root"]).expanduser())[2]
-    if attributes is None:  # --download fetched the images but not the attributes
-        return None
-    names, row_of, table = _read_attributes(attributes)
-    rows = []
-    for name in files:
-        if name not in row_of:
-            raise UserError(f"{attributes} has no row for {name}; replace it with CelebA's original")
-        rows.append(row_of[name])
-    present = torch.from_numpy(table[rows] == 1).float()  # [N, attributes]
-    values = {name: present[:, j].contiguous() for j, name in enumerate(names)}
-    about = {name: {"kind": "class", "classes": 2, "what": f"CelebA attribute {name}: 0 absent, 1 present"}
-             for name in names}
-    return values, about
-
-
-def labels_unavailable(config: dict) -> str | None:
-    """Why `load_labels` gives None for this config, in a few words (for a note); None when it gives labels."""
-    config = _validated(config)
-    if config["dataset"] == "folder":
-        return "a --dataset folder tree has no attribute labels"
-    if config["dataset"] == "celeba":
-        root = Path(config["data_root"]).expanduser()
-        image_dir, partition, attributes = _find_celeba(root)
-        if image_dir is not None and partition is not None and attributes is None:
-            return f"CelebA under {root} has no list_attr_celeba.txt or .csv beside {partition.name}"
-    return None
-
-
 def validation_images(config: dict, count: int) -> tuple[torch.Tensor, str]:
     """The first `count` images of the validation split, for choices that must never see the test
     split, and where they came from: a folder tree has no validation part ('valid' is its test
@@ -231,8 +177,10 @@ def _load(config: dict, split: str, progress: bool, need_files: bool = False) ->
     valid, else built and cached; with `need_files`, a cache that cannot say which files it holds is rebuilt."""
     config = _validated(config)
     _check_split(split)
-    plan = {"synthetic": _synthetic_plan, "celeba": _celeba_plan, "folder": _folder_plan}[config["dataset"]]
-    key, build, planned = plan(config, split)
+    if config["dataset"] == "synthetic":
+        key, build, planned = _synthetic_plan(config, split)
+    else:  # image files on disk: lib/images.py, imported only for them
+        key, build, planned = getattr(_images(f"--dataset {config['dataset']}"), f"{config['dataset']}_plan")(config, split)
     key = {"version": CACHE_VERSION, "size": SIZE, **key}
     path = _cache_path(config["cache_dir"], key)
     cached = _read_cache(path, key, planned)
@@ -244,6 +192,13 @@ def _load(config: dict, split: str, progress: bool, need_files: bool = False) ->
     images, skipped, files = build(progress)
     _write_cache(path, key, images, skipped, files)
     return images, files
+
+
+def _images(flag: str):
+    """lib/images.py (CelebA and folder trees of image files), needed only by `flag`."""
+    from lib import cli
+
+    return cli.optional("images", flag)
 
 
 def _check_split(split: str) -> None:
@@ -288,7 +243,7 @@ def _write_cache(path: Path, key: dict, images: torch.Tensor, skipped: int, file
         print(f"warning: could not write the data cache ({e}); pass a writable --cache-dir", file=sys.stderr)
 
 
-# ---------------------------------------------------------------- synthetic faces (drawn by faces.py)
+# ---------------------------------------------------------------- synthetic faces: the splits
 
 def _synthetic_range(config: dict, split: str) -> tuple[int, int]:
     """(first face index, number of faces) of a synthetic split, capped by --n-train/--n-test."""
@@ -306,218 +261,217 @@ def _synthetic_plan(config: dict, split: str) -> tuple[dict, Callable, None]:
         parts = []
         with tqdm(total=count, desc=f"drawing synthetic {split}", unit="img", disable=not progress) as bar:
             for i in range(0, count, 1024):
-                parts.append(faces.synthetic_faces(start + i, min(1024, count - i), SYNTHETIC_SEED))
+                parts.append(synthetic_faces(start + i, min(1024, count - i), SYNTHETIC_SEED))
                 bar.update(len(parts[-1]))
         return torch.cat(parts), 0, None
 
     return key, build, None
 
 
-# ---------------------------------------------------------------- CelebA
+# ---------------------------------------------------------------- synthetic faces: drawing
+# Procedural cartoon faces: 64x64 RGB images and their attributes (hair colour, tilt, smile, ...), each a pure
+# function of (seed, index) from a counter-based hash, so any face can be drawn alone, in any order, bit-identically.
 
-def _celeba_plan(config: dict, split: str) -> tuple[dict, Callable, list[str]]:
-    """Cache key, builder and file names of a CelebA split: the official partition, in a fixed shuffled order."""
-    root = Path(config["data_root"]).expanduser()  # --download may create it
-    image_dir, partition, _ = _find_celeba(root)
-    if (image_dir is None or partition is None) and config["download"]:
-        _download_celeba(root)
-        image_dir, partition, _ = _find_celeba(root)
-    if image_dir is None or partition is None:
-        found = ("the folder does not exist" if not root.is_dir() else
-                 f"found {image_dir} but no list_eval_partition.txt or .csv beside it" if image_dir else
-                 "found no img_align_celeba folder")
-        raise UserError(f"CelebA is not complete under {root} ({found}); expected "
-                        f"{CELEBA_LAYOUT.format(root=root)}, or pass --download")
-    on_disk = {entry.name: entry.stat() for entry in os.scandir(image_dir) if entry.name.lower().endswith(".jpg")}
-    listed = _read_partition(partition)[split]
-    # a fixed shuffle, so --n-train/--n-test take a random sample and only it is decoded
-    order = torch.randperm(len(listed), generator=torch.Generator().manual_seed(0)).tolist()
-    present = [listed[i] for i in order if listed[i] in on_disk]
-    if not present:
-        raise UserError(f"none of the {len(listed)} {split} images named in {partition} is in {image_dir}; "
-                        f"check that the images were fully extracted")
-    missing = len(listed) - len(present)
-    cap = config["n_train"] if split == "train" else config["n_test"]
-    chosen = present[:cap]
-    key = {"dataset": "celeba", "split": split, "root": str(image_dir.resolve()), "crop": CELEBA_CROP,
-           "cap": cap, "order_seed": 0, "source": _fingerprint(list(on_disk.values()) + [partition.stat()])}
-
-    def build(progress: bool) -> tuple[torch.Tensor, int, list[str]]:
-        if missing:
-            print(f"warning: {missing} of the {len(listed)} {split} images named in {partition} are not in "
-                  f"{image_dir}; skipping them", file=sys.stderr)
-        images, kept = _decode_files([image_dir / name for name in chosen], CELEBA_CROP, progress, f"celeba {split}")
-        return images, len(chosen) - len(kept) + missing, [chosen[i] for i in kept]
-
-    return key, build, chosen
+# the palettes a face's skin, hair and eyes are drawn from (RGB in 0..1); lib/probe.py names their entries
+_SKIN = np.array([[0.98, 0.85, 0.75], [0.94, 0.75, 0.62], [0.82, 0.60, 0.45], [0.62, 0.42, 0.29], [0.38, 0.25, 0.17]])
+_HAIR = np.array([[0.07, 0.05, 0.05], [0.22, 0.13, 0.07], [0.42, 0.27, 0.14], [0.82, 0.66, 0.38],
+                 [0.60, 0.25, 0.10], [0.70, 0.70, 0.70], [0.12, 0.10, 0.10], [0.33, 0.20, 0.10]])
+_IRIS = np.array([[0.35, 0.20, 0.10], [0.18, 0.10, 0.05], [0.25, 0.45, 0.75], [0.30, 0.50, 0.30],
+                 [0.45, 0.50, 0.55], [0.50, 0.40, 0.20]])
 
 
-def _find_celeba(root: Path) -> tuple[Path | None, Path | None, Path | None]:
-    """The image folder, partition file and attribute file of CelebA under `root` (torchvision or Kaggle layout)."""
-    def first_file(*paths):
-        return next((p for p in paths if p.is_file()), None)
-
-    for base in (root / "celeba", root):
-        folder = base / "img_align_celeba"
-        if (folder / "img_align_celeba").is_dir():  # Kaggle's zip nests the folder in itself
-            folder = folder / "img_align_celeba"
-        if folder.is_dir():
-            return (folder, first_file(base / "list_eval_partition.txt", base / "list_eval_partition.csv"),
-                    first_file(base / "list_attr_celeba.txt", base / "list_attr_celeba.csv"))
-    return None, None, None
+def synthetic_faces(start: int, count: int, seed: int = 0) -> torch.Tensor:
+    """Faces number start .. start+count-1 as uint8 [count, 3, 64, 64]; face i depends only on (seed, i)."""
+    # Per pixel only exactly rounded operations are used (+ - * / sqrt abs min max clamp frac floor,
+    # no exp or sin): vector and scalar code agree, so a face is bit-identical alone or in any block.
+    parts = [torch.empty(0, 3, SIZE, SIZE, dtype=torch.uint8)]
+    for first in range(start, start + count, 64):  # blocks keep the working set in cache
+        index = np.arange(first, min(first + 64, start + count), dtype=np.uint64)
+        look = {name: torch.from_numpy(value).float() for name, value in _face_params(seed, index).items()}
+        parts.append(_draw_faces(look, _pixel_noise(seed, index)))
+    return torch.cat(parts)
 
 
-def _download_celeba(root: Path) -> None:
-    """Fetch CelebA with torchvision into root/celeba, or say how to place it by hand."""
-    import torchvision  # only here: importing it is slow and most runs never download
-
-    try:
-        torchvision.datasets.CelebA(root=str(root), split="all", download=True)
-    except Exception as e:  # offline, Google Drive quota, missing gdown, a bad zip: all end the same way
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"could not download CelebA into {root} ({reason}); download it by hand and place it as "
-                        f"{CELEBA_LAYOUT.format(root=root)}") from None
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
 
 
-def _read_partition(path: Path) -> dict[str, list[str]]:
-    """File names per split from list_eval_partition.txt ('000001.jpg 0') or .csv ('000001.jpg,0')."""
-    names = {split: [] for split in SPLITS}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.replace(",", " ").split()
-        if not fields or (number == 1 and fields[0] == "image_id"):  # blank line, or the csv header
-            continue
-        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise UserError(f"{path} line {number} is {line.strip()!r}, expected 'NAME.jpg 0|1|2'; "
-                            f"replace the file with CelebA's original")
-        names[SPLITS[int(fields[1])]].append(fields[0])
-    return {split: sorted(files) for split, files in names.items()}
+def _mix64(x):
+    """splitmix64's finaliser: scrambles uint64 values (a numpy array or a Python int)."""
+    if isinstance(x, int):
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & _MASK64
+        return x ^ (x >> 31)
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)  # uint64 arrays wrap on overflow, as wanted
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def _read_attributes(path: Path) -> tuple[list[str], dict[str, int], np.ndarray]:
-    """CelebA's attribute table from list_attr_celeba.txt (a count, a line of names, then 'NAME.jpg -1 1 ...')
-    or Kaggle's .csv ('image_id,5_o_Clock_Shadow,...' then 'NAME.jpg,-1,1,...'): (attribute names,
-    row of each file, int8 values [files, attributes], 1 where present)."""
-    lines = path.read_text().splitlines()
-    head = lines[0].replace(",", " ").split() if lines else []
-    if head[:1] == ["image_id"]:
-        names, first = head[1:], 1
-    elif len(head) == 1 and head[0].isdigit() and len(lines) > 1:
-        names, first = lines[1].split(), 2
-    else:
-        raise UserError(f"{path} starts with neither a count nor an 'image_id,...' header; "
-                        f"replace it with CelebA's original")
-    files, values, numbers = [], [], []
-    for number in range(first, len(lines)):
-        fields = lines[number].replace(",", " ").split()
-        if fields:
-            files.append(fields[0])
-            values.append(fields[1:])
-            numbers.append(number + 1)
-    for row, fields in enumerate(values):
-        if len(fields) != len(names):
-            raise UserError(f"{path} line {numbers[row]} has {len(fields)} values for {len(names)} attributes; "
-                            f"replace it with CelebA's original")
-    try:  # numpy parses 8 million values in a second, where checking each in Python takes several
-        table = np.array(values, dtype=np.int8).reshape(len(files), len(names))
-        bad = np.flatnonzero(((table != 1) & (table != 0) & (table != -1)).any(axis=1))
-    except ValueError:  # a value that is not a number: only now look for its line
-        bad = [row for row, fields in enumerate(values) if not all(v in ("-1", "0", "1") for v in fields)]
-    if len(bad):
-        raise UserError(f"{path} line {numbers[bad[0]]} holds a value other than -1, 0 or 1; "
-                        f"replace it with CelebA's original")
-    return names, {name: row for row, name in enumerate(files)}, table
+def _hash_uniform(seed: int, stream: int, counter: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1), a pure function of (seed, stream, counter): a counter-based RNG."""
+    key = _mix64((_mix64(seed & _MASK64) + stream * _GOLDEN) & _MASK64)
+    x = _mix64(counter * np.uint64(_GOLDEN) + np.uint64(key))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-# ---------------------------------------------------------------- folder of images
-
-def _folder_plan(config: dict, split: str) -> tuple[dict, Callable, list[str]]:
-    """Cache key, builder and files (relative paths) of a split of a folder tree; 'valid' is the test split
-    (there is no third part)."""
-    root = Path(config["data_root"]).expanduser()
-    if not root.is_dir():
-        raise UserError(f"--data-root {root} is not a folder; check the path")
-    files = _image_files(root)
-    if not files:
-        raise UserError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found under {root}; "
-                        f"point --data-root at a folder of images")
-    if len(files) < 2:
-        raise UserError(f"{root} holds only one image; a train and a test split need at least two")
-    n_test = min(len(files) - 1, max(1, round(len(files) * config["test_fraction"])))
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(config["split_seed"])).tolist()
-    part = order[n_test:] if split == "train" else order[:n_test]
-    cap = config["n_train"] if split == "train" else config["n_test"]
-    chosen = [files[i][0] for i in part][:cap]
-    split = "train" if split == "train" else "test"  # so valid and test share one cache file
-    key = {"dataset": "folder", "split": split, "root": str(root.resolve()), "crop": "square", "cap": cap,
-           "test_fraction": config["test_fraction"], "split_seed": config["split_seed"],
-           "source": _fingerprint([stat for _, stat in files])}
-
-    relative = [path.relative_to(root).as_posix() for path in chosen]
-
-    def build(progress: bool) -> tuple[torch.Tensor, int, list[str]]:
-        images, kept = _decode_files(chosen, None, progress, f"{root} {split}")
-        return images, len(chosen) - len(kept), [relative[i] for i in kept]
-
-    return key, build, relative
+def _pixel_noise(seed: int, index: np.ndarray) -> torch.Tensor:
+    """Uniform noise in [-1, 1) per face and pixel, shaped [B, 1, 64, 64]."""
+    pixel = index[:, None] * np.uint64(SIZE * SIZE) + np.arange(SIZE * SIZE, dtype=np.uint64)
+    noise = _hash_uniform(seed, 2**32, pixel) * 2 - 1
+    return torch.from_numpy(noise).float().view(-1, 1, SIZE, SIZE)
 
 
-def _image_files(root: Path) -> list[tuple[Path, os.stat_result]]:
-    """Every image file under `root` (recursive, suffix in any case) with its stat, sorted by path."""
-    found = []
-    for folder, _, names in os.walk(root):
-        for name in names:
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                path = Path(folder) / name
-                found.append((path, path.stat()))
-    # relative paths, so the split does not depend on where the tree lives
-    return sorted(found, key=lambda item: item[0].relative_to(root).as_posix())
+def _face_params(seed: int, index: np.ndarray) -> dict[str, np.ndarray]:
+    """Random look of each face in `index`, every number from its own hash stream, with the palette
+    entries chosen (hair_class, iris_class, tone) kept for face_attributes."""
+    stream = itertools.count()
+
+    def uniform(low, high, width=0):  # [B], or [B, width]
+        u = np.stack([_hash_uniform(seed, next(stream), index) for _ in range(max(width, 1))], -1)
+        return low + (high - low) * (u if width else u[:, 0])
+
+    def pick(palette, jitter):  # (colour, index of the palette entry it jitters)
+        choice = np.minimum((uniform(0, 1) * len(palette)).astype(int), len(palette) - 1)
+        return np.clip(palette[choice] + uniform(-jitter, jitter, 3), 0, 1), choice
+
+    p = {}
+    tone = uniform(0, len(_SKIN) - 1)  # skin tone slides along the palette
+    low = np.minimum(tone.astype(int), len(_SKIN) - 2)
+    frac = (tone - low)[:, None]
+    p["skin"] = np.clip(_SKIN[low] * (1 - frac) + _SKIN[low + 1] * frac + uniform(-0.03, 0.03, 3), 0, 1)
+    p["tone"] = tone
+    p["hair"], p["hair_class"] = pick(_HAIR, 0.06)
+    p["iris"], p["iris_class"] = pick(_IRIS, 0.05)
+    p["shirt"] = uniform(0.05, 0.95, 3)
+    p["lip"] = np.clip(p["skin"] * [0.85, 0.52, 0.52] + uniform(0, 0.3)[:, None] * [0.5, 0, 0.05], 0, 1)
+    p["bg1"] = uniform(0.1, 0.95, 3)
+    p["bg2"] = np.clip(p["bg1"] + uniform(-0.35, 0.35, 3), 0, 1)
+    p["bg_dir"] = uniform(-1, 1, 2)
+    p["light_dir"] = uniform(-1, 1, 2)
+    p["light"] = uniform(0.0, 0.3)
+    p["cx"], p["cy"] = uniform(-0.1, 0.1), uniform(-0.02, 0.16)
+    p["ax"], p["ay"] = uniform(0.46, 0.6), uniform(0.62, 0.78)
+    t = uniform(-0.12, 0.12)  # head tilt as tan(angle / 2): cos and sin by rational formulas, no trig
+    p["cos"], p["sin"], p["tilt_tan_half"] = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t), t
+    p["hair_w"], p["hair_h"], p["hair_up"] = uniform(1.0, 1.35), uniform(1.0, 1.25), uniform(0.05, 0.25)
+    p["hair_len"] = uniform(-0.4, 1.4)  # where the hair behind the head ends, in face half-heights
+    p["fringe"] = uniform(0.15, 0.7)  # how far down the forehead the hair comes
+    p["fringe_slant"] = uniform(-0.3, 0.3)
+    p["fringe_waves"], p["fringe_phase"], p["fringe_amp"] = uniform(1, 4), uniform(0, 1), uniform(0, 0.12)
+    p["eye_y"], p["eye_dx"] = uniform(-0.3, -0.05), uniform(0.36, 0.46)
+    p["eye_w"], p["eye_open"] = uniform(0.15, 0.22), uniform(0.4, 0.75)
+    p["gaze"] = uniform(-0.4, 0.4, 2)
+    p["brow_gap"], p["brow_arch"], p["brow_tilt"] = uniform(0.06, 0.16), uniform(0.0, 0.06), uniform(-0.2, 0.2)
+    p["brow_w"] = uniform(0.015, 0.035)
+    p["mouth_y"], p["mouth_w"] = uniform(0.38, 0.58), uniform(0.22, 0.42)
+    p["smile"], p["mouth_open"] = uniform(-0.04, 0.1), uniform(0.0, 0.08)
+    p["blush"] = uniform(0.0, 0.4)
+    return p
 
 
-# ---------------------------------------------------------------- decoding
-
-def _fingerprint(stats: list[os.stat_result]) -> dict:
-    """A summary of the source files that changes when files are added, removed or rewritten."""
-    return {"files": len(stats), "bytes": sum(s.st_size for s in stats),
-            "newest_mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
-
-
-def decode_image(path: str | os.PathLike, crop: int | None = None) -> np.ndarray | None:
-    """Read an image as uint8 [64, 64, 3]: centre crop (side `crop`, or the short side), resize; None if unreadable."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            side = min(width, height) if crop is None else min(crop, width, height)
-            # JPEG only: decode at 1/2, 1/4 or 1/8 scale while the crop keeps >= SIZE pixels across
-            image.draft("RGB", (math.ceil(width * SIZE / side), math.ceil(height * SIZE / side)))
-            scale = image.size[0] / width
-            if image.getexif().get(0x0112, 1) != 1:  # phone photos record their rotation in EXIF
-                image = ImageOps.exif_transpose(image)
-            image = image.convert("RGB")
-            width, height = image.size
-            side = min(side * scale, width, height)
-            box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
-            return np.array(image.resize((SIZE, SIZE), Image.BICUBIC, box=box, reducing_gap=3.0))
-    except Exception:  # PIL raises many kinds for broken files; the caller counts them
-        return None
+_WHITE = torch.tensor([0.97, 0.97, 0.95])[None, :, None, None]
+_DARK = torch.tensor([0.03, 0.03, 0.03])[None, :, None, None]
+_GLINT = torch.tensor([1.0, 1.0, 1.0])[None, :, None, None]
+_BLUSH = torch.tensor([0.9, 0.4, 0.45])[None, :, None, None]
+_MOUTH = torch.tensor([0.25, 0.05, 0.06])[None, :, None, None]
 
 
-def _decode_files(paths: list[Path], crop: int | None, progress: bool, what: str) -> tuple[torch.Tensor, list[int]]:
-    """Decode `paths` into uint8 [N, 3, 64, 64], skipping files that cannot be read: (images, which paths they are)."""
-    # one process: worker processes measured only 1.2x faster on 2 cores, and it happens once per cache
-    images = torch.empty(len(paths), 3, SIZE, SIZE, dtype=torch.uint8)
-    kept, bad = [], []
-    for i, path in enumerate(tqdm(paths, desc=f"decoding {what}", unit="img", disable=not progress)):
-        array = decode_image(path, crop)
-        if array is None:
-            bad.append(path)
-            continue
-        images[len(kept)] = torch.from_numpy(array).permute(2, 0, 1)
-        kept.append(i)
-    if not kept:
-        raise UserError(f"none of the {len(paths)} image files of {what} could be decoded (e.g. {paths[0]}); "
-                        f"check that they are valid images")
-    if bad:
-        print(f"warning: skipped {len(bad)} of {len(paths)} files of {what} that could not be decoded "
-              f"(e.g. {bad[0]})", file=sys.stderr)
-    # clone a shortened tensor: torch.save would otherwise store all of the storage behind the view
-    return (images if not bad else images[:len(kept)].clone()), kept
+def _smooth(d: torch.Tensor, width: float = 1.0) -> torch.Tensor:
+    """Coverage of a shape from its signed distance `d` (< 0 inside), blurred over `width` pixels."""
+    return (0.5 - d * (SIZE / 2 / width)).clamp_(0, 1)
+
+
+def _ellipse(x, y, ax, ay) -> torch.Tensor:
+    """Approximate signed distance to the ellipse with half-axes ax, ay centred at the origin."""
+    r = torch.sqrt((x / ax) * (x / ax) + (y / ay) * (y / ay))
+    return (r - 1) * torch.sqrt(torch.as_tensor(ax * ay))
+
+
+def _paint(image: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """Lay `colour` [B or 1, 3, 1, 1] over `image` in place where `mask` [B, H, W] covers it."""
+    return image.add_((colour - image).mul_(mask[:, None]))
+
+
+def _draw_faces(f: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+    """Render faces back to front: background, hair, body, head, features, then light and noise."""
+    def one(name, i=None):  # a per-face number shaped [B, 1, 1] to broadcast over the grid
+        return (f[name] if i is None else f[name][:, i])[:, None, None]
+
+    def colour(name):
+        return f[name][:, :, None, None]
+
+    coords = (torch.arange(SIZE, dtype=torch.float32) + 0.5) * (2 / SIZE) - 1
+    y, x = coords[None, :, None], coords[None, None, :]  # in [-1, 1], y points down
+    cx, cy, ax, ay = one("cx"), one("cy"), one("ax"), one("ay")
+    # head coordinates: centred on the face and tilted with it; paired features (eyes, ears, ...)
+    # are drawn once in the mirrored coordinate `side_u`, at half the cost
+    u = (x - cx) * one("cos") + (y - cy) * one("sin")
+    v = (y - cy) * one("cos") - (x - cx) * one("sin")
+    side, side_u = torch.sign(u), u.abs()
+
+    ramp = (0.5 + 0.4 * (x * one("bg_dir", 0) + y * one("bg_dir", 1))).clamp(0, 1)
+    image = colour("bg1") + (colour("bg2") - colour("bg1")) * ramp[:, None]
+
+    # hair behind the head: a big ellipse, cut off where the hair ends
+    back = _smooth(_ellipse(u, v + ay * one("hair_up"), ax * one("hair_w"), ay * one("hair_h")))
+    back = back.mul_(_smooth(v - ay * one("hair_len"), 2))
+    _paint(image, back, colour("hair") * 0.8)
+
+    neck = _smooth(torch.maximum((x - cx).abs() - ax * 0.45, cy + ay * 0.5 - y))
+    _paint(image, neck, colour("skin") * 0.8)
+    _paint(image, _smooth(_ellipse(x - cx * 0.5, y - 1.25, 0.85, 0.4)), colour("shirt"))
+    ears = _smooth(_ellipse(side_u - ax * 0.98, v - ay * 0.05, ax * 0.16, ay * 0.2))
+    _paint(image, ears, colour("skin") * 0.88)
+
+    face_d = _ellipse(u, v, ax, ay)
+    face = _smooth(face_d)
+    r2 = ((u / ax) * (u / ax) + (v / ay) * (v / ay)).clamp_(0, 1)
+    shaded = colour("skin") * (1.04 - 0.2 * r2)[:, None]  # darker towards the rim: a rounder head
+    image.add_((shaded - image).mul_(face[:, None]))
+
+    # fringe: the top of the head covered down to a slanted, scalloped line
+    wave = torch.frac((u / ax) * one("fringe_waves") + one("fringe_phase"))
+    line = ay * (one("fringe") - 1 + one("fringe_slant") * u / ax) + one("fringe_amp") * 4 * wave * (1 - wave)
+    _paint(image, _smooth(face_d - 0.015).mul_(_smooth(v - line)), colour("hair"))
+
+    ey, ew = one("eye_y") * ay, one("eye_w") * ax
+    eh = ew * one("eye_open")
+    blush = _smooth(_ellipse(side_u - ax * 0.5, v - ey - ay * 0.3, ax * 0.2, ax * 0.13), 4)
+    _paint(image, blush.mul_(face).mul_(one("blush")), _BLUSH)
+
+    # eyes (white, iris, pupil, glint) with brows above; gaze and glint do not mirror
+    eu, ev = side_u - one("eye_dx") * ax, v - ey
+    white = _smooth(_ellipse(eu, ev, ew, eh))
+    _paint(image, white, _WHITE)
+    iu, iv = eu - side * one("gaze", 0) * ew * 0.5, ev - one("gaze", 1) * eh * 0.3
+    iris_r = eh * 0.95
+    _paint(image, _smooth(_ellipse(iu, iv, iris_r, iris_r)).mul_(white), colour("iris"))
+    _paint(image, _smooth(_ellipse(iu, iv, iris_r * 0.5, iris_r * 0.5)).mul_(white), _DARK)
+    glint = _smooth(_ellipse(iu + side * iris_r * 0.35, iv + iris_r * 0.35, iris_r * 0.22, iris_r * 0.22))
+    _paint(image, glint.mul_(white), _GLINT)
+    bu = eu / (ew * 1.3)
+    brow_y = -eh - one("brow_gap") * ay - one("brow_arch") * (1 - bu * bu) + one("brow_tilt") * eu
+    brow = _smooth(torch.maximum((ev - brow_y).abs() - one("brow_w"), (bu.abs() - 1) * ew))
+    _paint(image, brow, colour("hair") * 0.7)
+
+    # nose: a soft shadow
+    my = one("mouth_y") * ay
+    nose = _smooth(_ellipse(u + ax * 0.05, v - (ey + my) * 0.55, ax * 0.08, ay * 0.12), 3)
+    _paint(image, nose.mul_(face).mul_(0.3), colour("skin") * 0.55)
+
+    # mouth: lips between two parabolas bent by the smile; an open mouth shows its dark inside
+    mw = one("mouth_w") * ax
+    mu = u / mw
+    bend = (1 - mu * mu).clamp_(0, 1)
+    gap = (v - (my + one("smile") * bend)).abs_()
+    half = (0.02 + one("mouth_open")) * bend + 0.012
+    _paint(image, _smooth(torch.maximum(gap - half, (mu.abs() - 1) * mw)), colour("lip"))
+    _paint(image, _smooth(torch.maximum(gap - half + 0.03, (mu.abs() - 0.85) * mw)), _MOUTH)
+
+    light = 1 + one("light") * (x * one("light_dir", 0) + y * one("light_dir", 1))
+    image.mul_(light[:, None]).add_(noise * 0.015)
+    return image.clamp_(0, 1).mul_(255).add_(0.5).floor_().to(torch.uint8)

@@ -70,10 +70,10 @@ from lib import cli  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
 from lib import training  # noqa: E402
-from eval_curve import newest_curve, paired_se, target_features  # noqa: E402
-from lib.files import UserError, ensure_dir, file_sha256, load_ae, load_curve, save_ae, save_figure, write_json  # noqa: E402
+from lib.training import newest_curve, paired_se, recompute_bn, target_features  # noqa: E402
+from lib.files import (ENSEMBLE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, load_curve, save_ae, save_figure,  # noqa: E402
+                       write_json)
 
-ENSEMBLE_FORMAT = "aemc-ensemble-v1"
 DEFINITION = ("ensemble reconstruction = mean of the members' reconstructions; its loss is the group's loss (and MSE) of "
               "that mean; each member's BatchNorm statistics are recomputed on the same training images first")
 METHODS = {"endpoints": "independent endpoints", "curve": "curve points (ends incl.)", "fge": "FGE",
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="seed of their data order (default: the endpoint's, continuing its order)")
     p.add_argument("--bn-images", type=cli.positive_int, default=2000, help="training images for every member's BatchNorm statistics")
     p.add_argument("--test-images", type=cli.positive_int, default=2000, help="test images every ensemble is scored on")
-    p.add_argument("--eval-batch-size", type=cli.positive_int, default=500)
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=500, help="images per forward pass when scoring")
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
     training.add_precision_arg(p)
     data.add_data_args(p, inherit=True)
@@ -148,22 +148,20 @@ def train_steps(model: nn.Module, images: torch.Tensor, loss_fn: Callable, *, st
     optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(1))
     rates: list[float] = []
 
-    def before_step(_: int) -> None:
-        i = len(rates) + 1  # the iteration about to run; the weights are those after iteration i - 1
-        if i > 1 and collect_at(i - 1):
-            on_collect(i - 1, model)
-            model.train()
-        rates.append(lr_at(i))
-        for group in optimizer.param_groups:
-            group["lr"] = rates[-1]
+    def rate(_: int) -> float:  # iteration i = len(rates) + 1 is about to run
+        rates.append(lr_at(len(rates) + 1))
+        return rates[-1]
 
+    def collect(_: int) -> None:  # right after iteration i = len(rates)
+        if collect_at(len(rates)):
+            on_collect(len(rates), model)
+            model.train()
+
+    step = training.Step(training.as_objective(loss_fn), optimizer, device, batch_size, precision, lr_at=rate)
     per_epoch = math.ceil(len(images) / batch_size)
     for e in range(math.ceil(steps / per_epoch)):
-        training.train_epoch(model, images, loss_fn, optimizer, batch_size=batch_size, device=device, desc=desc,
-                             generator=training.epoch_generator(seed, first_epoch + e), epoch=first_epoch + e,
-                             before_step=before_step, max_steps=steps - len(rates), precision=precision)
-    if collect_at(steps):
-        on_collect(steps, model)
+        training.train_epoch(model, images, step, generator=training.epoch_generator(seed, first_epoch + e), epoch=first_epoch + e,
+                             max_steps=steps - len(rates), after_step=collect, desc=desc)
     return rates
 
 
@@ -200,9 +198,9 @@ def member(model: nn.Module, ev: dict) -> dict:
 
 @torch.no_grad()
 def with_bn(model: nn.Module, ev: dict) -> nn.Module:
-    """`model` on ev's device with its BatchNorm statistics recomputed on ev['bn_images'] (in place)."""
+    """`model` on ev's device with its BatchNorm statistics recomputed on ev['bn_images'] (in place, training.recompute_bn)."""
     model = model.to(ev["device"], memory_format=CHANNELS_LAST)
-    curves.update_bn(model, data.batches(ev["bn_images"], ev["batch_size"], device=ev["device"], memory_format=CHANNELS_LAST))
+    recompute_bn(model, ev["bn_images"], ev.get("noise", 0.0), batch_size=ev["batch_size"], device=ev["device"])  # plain: clean
     return model
 
 
@@ -628,12 +626,11 @@ def main(argv: list[str] | None = None) -> dict:
     if ae.group_of(config) != config["loss"]:
         raise UserError(f"ensembles of the {ae.group_of(config)} group are not supported yet (they score the plain loss "
                         f"of averaged reconstructions); run ensemble.py on a curve of a plain mse or perceptual group")
-    loss_fn = ae.loss_from_config(config, args.vgg_weights)
-    if isinstance(loss_fn, torch.nn.Module):
-        loss_fn = loss_fn.to(device, memory_format=CHANNELS_LAST)
+    objective = training.objective_from_config(config, args.vgg_weights, device)
+    loss_fn = objective.loss_fn
     # how every member and ensemble is scored: BatchNorm on bn_images, then the loss on the test images
-    ev = {"images": test_images, "bn_images": train_images[: args.bn_images], "loss_fn": loss_fn, "batch_size": args.eval_batch_size,
-          "device": device, "features": target_features(loss_fn, {"test": test_images}, args.eval_batch_size, device)["test"]}
+    ev = {"images": test_images, "bn_images": train_images[: args.bn_images], "noise": objective.noise, "loss_fn": loss_fn,
+          "batch_size": args.eval_batch_size, "device": device, "features": target_features(loss_fn, {"test": test_images}, args.eval_batch_size, device)["test"]}
 
     batch_size = args.batch_size or int(start_cfg.get("batch_size") or 128)
     per_epoch = math.ceil(len(train_images) / batch_size)

@@ -17,23 +17,20 @@ from pathlib import Path
 import torch
 
 import ae
-from lib import align
-from lib import cli
 import curves
 import data
-from lib import training
+from lib import cli, training
+from lib.training import CURVE_DIR, check_compatible, convergence
 from lib.files import CURVE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, save_checkpoint
 
-CURVE_DIR = Path("runs/curves")
 OBJECTIVES = ("uniform", "arclength")
-CONVERGED_DROP = 0.05  # a fit whose test loss at t=0.5 still fell by more than this over its last quarter is not converged
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
     p.add_argument("--a", required=True, help="endpoint checkpoint at t=0 (written by train_ae.py)")
     p.add_argument("--b", required=True, help="endpoint checkpoint at t=1, trained with the same loss and architecture")
-    p.add_argument("--curve", default="bezier", choices=curves.CURVES)
+    p.add_argument("--curve", default="bezier", choices=curves.CURVES, help="the curve's shape: a Bezier curve or a PolyChain through the bends")
     p.add_argument("--aligned", action="store_true",
                    help="fit the curve between A and B with B's units permuted to match A's (weight matching, align.py; "
                         "B computes the same function); recorded in the curve's config")
@@ -47,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arclength-every", type=cli.positive_int, default=50,
                    help="--objective arclength: retabulate ||phi'(t)|| from the bends every N steps (and at every epoch's start)")
     p.add_argument("--wd", type=cli.nonnegative_float, default=0.0, help="L2 weight decay on the free bends")
-    p.add_argument("--batch-size", type=cli.positive_int, default=128)
+    p.add_argument("--batch-size", type=cli.positive_int, default=128, help="images per optimiser step (one t per batch)")
     p.add_argument("--seed", type=int, default=0, help="fixes the data order and the t drawn per batch")
     data.add_data_args(p, inherit=True)
     p.add_argument("--vgg-weights", default=None,
@@ -55,40 +52,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-images", type=cli.positive_int, default=2000,
                    help="training images used to recompute BatchNorm statistics before each evaluation")
     training.add_precision_arg(p)
-    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256, help="images per forward pass in the t=0.5 check")
     cli.add_device_arg(p)
-    p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt; <a>-<b>-<curve>-aligned.pt with --aligned)")
+    p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt, with -arclength before .pt "
+                                                f"for --objective arclength and -aligned for --aligned)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last completed epoch")
     return p.parse_args(argv)
 
 
-def default_out(a: str, b: str, curve: str, aligned: bool = False) -> Path:
-    return CURVE_DIR / f"{Path(a).stem}-{Path(b).stem}-{curve}{'-aligned' if aligned else ''}.pt"
-
-
-def check_compatible(config_a: dict, config_b: dict) -> None:
-    """Refuse endpoints that cannot be joined by one curve, naming what differs."""
-    for key, what in (("loss", "loss"), ("noise", "input noise (--noise)"), ("l1", "code L1 weight (--l1)"),
-                      ("vgg_weights", "VGG16 weights of the perceptual loss"),
-                      ("vgg_layers", "VGG16 layers of the perceptual loss")):
-        a, b = (ae.variant_settings(c)[key] if key in ("noise", "l1") else c.get(key) for c in (config_a, config_b))
-        if a != b:
-            raise UserError(f"endpoints were trained with different {what} ({a} vs {b}); "
-                            f"connect two endpoints of the same loss group")
-    for key in ("arch", "latent_dim", "width"):
-        if config_a["model"].get(key) != config_b["model"].get(key):
-            raise UserError(f"endpoints have different {key.replace('_', ' ')} ({config_a['model'].get(key)} vs "
-                            f"{config_b['model'].get(key)}); train both with the same --latent-dim and --width")
-
-
-def convergence(history: list[dict]) -> dict:
-    """How much the test loss at t=0.5 fell over the last quarter of the fit's epochs (at least one):
-    a fit still falling by more than CONVERGED_DROP there stopped before its loss settled."""
-    values = [h["test_loss_t05"] for h in history]  # epoch 0 (the linear initialisation), 1, ..., E
-    quarter = max(1, round((len(values) - 1) / 4))
-    first, last = values[-1 - quarter], values[-1]
-    drop = (first - last) / first if first > 0 else 0.0
-    return {"last_quarter_epochs": quarter, "last_quarter_drop": drop, "converged": drop <= CONVERGED_DROP}
+def default_out(a: str, b: str, curve: str, aligned: bool = False, objective: str = "uniform") -> Path:
+    """Each kind of fit its own file, so that one never overwrites another: <a>-<b>-<curve>[-arclength][-aligned].pt."""
+    suffix = ("-arclength" if objective == "arclength" else "") + ("-aligned" if aligned else "")
+    return CURVE_DIR / f"{Path(a).stem}-{Path(b).stem}-{curve}{suffix}.pt"
 
 
 def build_curve(model_a: ae.AutoEncoder, model_b: ae.AutoEncoder, curve: str, num_bends: int) -> curves.CurveNet:
@@ -112,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=cfg_a.get("data"))
     if cfg_a.get("data") != cfg_b.get("data"):
         print("warning: the endpoints were trained on different data settings; using those of --a unless flags say otherwise")
-    out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve, args.aligned)
+    out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve, args.aligned, args.objective)
     ensure_dir(out.parent)
     resume_file = training.resume_path(out)
     if args.resume and out.exists() and not resume_file.exists():
@@ -127,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     group = ae.group_of(cfg_a)
     alignment = {}  # what the config records of it
     if args.aligned:
-        aligned, info = align.align(model_a.state_dict(), model_b.state_dict(), cfg_a["model"])
+        aligned, info = cli.optional("align", "--aligned").align(model_a.state_dict(), model_b.state_dict(), cfg_a["model"])
         model_b.load_state_dict(aligned)
         alignment = {"aligned": True, "alignment": info}
         print(f"aligned B to A by weight matching: ||A - B|| {info['distance_before']:.4g} -> "
@@ -149,8 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     evaluate = dict(loss_fn=objective, batch_size=args.eval_batch_size, device=device)
 
     def middle_test_loss() -> float:
-        inputs = data.batches(bn_images, args.eval_batch_size, device=device, memory_format=torch.channels_last)
-        curves.update_bn(net, training.objective_batches(objective, inputs, args.eval_batch_size), t=0.5)
+        training.recompute_bn(net, bn_images, objective.noise, batch_size=args.eval_batch_size, device=device, t=0.5)
         return training.evaluate(net, test_images, t=0.5, **evaluate)["loss"]
 
     print(f"fitting a {args.curve} curve with {args.num_bends} bends between {args.a} and {args.b} "
@@ -162,18 +136,20 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = curves.ArcLengthSampler(net) if args.objective == "arclength" else None
     targets = training.target_feature_cache(objective, train_images, batch_size=args.eval_batch_size, device=device, precision=precision)
 
-    def refresh(step: int) -> None:  # a function of the step within the epoch: a resumed fit retabulates exactly as one run
-        if sampler is not None and step % args.arclength_every == 0:
+    def t_of(step: int, u: float) -> float:  # a function of the step within the epoch: a resumed fit draws as one run
+        if sampler is None:
+            return u
+        if step % args.arclength_every == 0:
             sampler.refresh()
+        return sampler(u)
 
+    step = training.Step(objective, optimizer, device, args.batch_size, precision, t_of=t_of, target_features=targets,
+                         lr_at=training.schedule_rates(args.schedule, args.lr, per_epoch * args.epochs))
     for epoch in range(start, args.epochs):
         t0 = time.time()
-        lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
-        train_loss = training.train_epoch(net, train_images, objective, optimizer, batch_size=args.batch_size, lr_at=lr_at,
-                                          generator=training.epoch_generator(args.seed, epoch), device=device,
-                                          epoch=epoch, sample_t=True, t_of=sampler, before_step=refresh,
-                                          precision=precision, target_features=targets, desc="curve")
-        mid, lr = middle_test_loss(), lr_at(per_epoch - 1)
+        train_loss = training.train_epoch(net, train_images, step, generator=training.epoch_generator(args.seed, epoch),
+                                          epoch=epoch, desc="curve")
+        mid, lr = middle_test_loss(), step.lr_at((epoch + 1) * per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss_t05": mid, "seconds": time.time() - t0})
         print(f"epoch {epoch + 1}/{args.epochs}: lr {lr:.3g}  train E_t {group} {train_loss:.5f}  "
               f"test {group} at t=0.5 {mid:.5f}  ({time.time() - t0:.1f}s)", flush=True)

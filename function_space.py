@@ -38,14 +38,15 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lib import cli  # noqa: E402
+import ae  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
-from lib import training  # noqa: E402
-from eval_curve import segment_of  # noqa: E402
-from lib.files import FormatError, UserError, ensure_dir, load_ae, load_curve, save_figure, write_json  # noqa: E402
+from lib import cli  # noqa: E402
+from lib.training import mean_and_se, recompute_bn, segment_of  # noqa: E402
+from lib.files import (FUNCTION_SPACE_FORMAT, FormatError, UserError, ensure_dir, load_ae, load_curve, save_figure,  # noqa: E402
+                       write_json)
 
-FS_FORMAT = "aemc-function-space-v1"
+FS_FORMAT = FUNCTION_SPACE_FORMAT
 DEFAULT_OUT = Path("runs/function_space")
 CHANNELS_LAST = torch.channels_last
 CATEGORIES = {  # summary category: which pairs it holds
@@ -81,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="validation images (the first of the split) whose reconstructions are each network's function-space vector")
     p.add_argument("--embedding", default="tsne", choices=("tsne", "pca"),
                    help="2-D embedding of the function-space vectors: t-SNE (scikit-learn) or PCA")
-    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256, help="images per forward pass")
     data.add_data_args(p, inherit=True)
     cli.add_device_arg(p)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
@@ -150,7 +151,7 @@ def same_model(first: tuple[Path, dict], other: tuple[Path, dict]) -> None:
                         f"compare networks of one architecture")
 
 
-def collect(args: argparse.Namespace) -> tuple[list[dict], list[tuple[Path, dict]], list[tuple[Path, curves.CurveNet]]]:
+def collect(args: argparse.Namespace) -> tuple[list[dict], list[tuple[Path, dict]], list[tuple[Path, curves.CurveNet, float]]]:
     """Every network to compare (name, source, kind, group, position, and how to build it), ordered
     by group and position; the configs read, and the curves."""
     records, configs, nets = [], [], []
@@ -163,12 +164,12 @@ def collect(args: argparse.Namespace) -> tuple[list[dict], list[tuple[Path, dict
             print(f"skipping {path}: {e}")
             continue
         configs.append((path, ckpt["config"]))
-        records.append({"name": str(path), "source": str(path), **describe(path, ckpt["config"]),
-                        "own_bn": True, "build": lambda model=model: model})
+        records.append({"name": str(path), "source": str(path), **describe(path, ckpt["config"]), "own_bn": True,
+                        "noise": ae.variant_settings(ckpt["config"])["noise"], "build": lambda model=model: model})
     for path in map(Path, args.curves):
         net, ckpt = load_curve(path, check_endpoints=False)
         configs.append((path, ckpt["config"]))
-        nets.append((path, net))
+        nets.append((path, net, ae.variant_settings(ckpt["config"])["noise"]))
     if not configs:
         raise UserError("no networks to compare; pass --ckpts (autoencoder checkpoints or folders) and/or --curves")
     for other in configs[1:]:
@@ -176,16 +177,16 @@ def collect(args: argparse.Namespace) -> tuple[list[dict], list[tuple[Path, dict
     return records, configs, nets
 
 
-def curve_records(nets: list[tuple[Path, curves.CurveNet]], ts: list[float]) -> list[dict]:
+def curve_records(nets: list[tuple[Path, curves.CurveNet, float]], ts: list[float]) -> list[dict]:
     """Points at every t on each curve and on its straight segment (their BatchNorm statistics are
     whatever the curve holds: to be recomputed)."""
     records = []
-    for path, net in nets:
+    for path, net, noise in nets:
         for name, path_net in (("curve", net), ("segment", segment_of(net))):
             for t in ts:
                 records.append({"name": f"{path}:{name}@t={t:.3f}", "source": str(path), "kind": f"{name} point",
                                 "key": (name, str(path)), "label": f"{name} {path.stem}", "type": name, "position": t,
-                                "own_bn": False, "build": functools.partial(path_net.export, t)})
+                                "own_bn": False, "noise": noise, "build": functools.partial(path_net.export, t)})
     return records
 
 
@@ -210,13 +211,13 @@ def ordered(records: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def function_vector(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-                    bn_images: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+                    bn_images: torch.Tensor | None = None, noise: float = 0.0) -> tuple[torch.Tensor, float]:
     """The model's reconstructions (eval mode) of `images` as one flat float32 vector on the CPU, and
     its mean squared error per pixel against them; first its BatchNorm statistics are recomputed on
-    `bn_images` when given."""
+    `bn_images` when given (training.recompute_bn, with its group's input `noise`)."""
     model = model.to(device, memory_format=CHANNELS_LAST)
     if bn_images is not None:
-        curves.update_bn(model, data.batches(bn_images, batch_size, device=device, memory_format=CHANNELS_LAST))
+        recompute_bn(model, bn_images, noise, batch_size=batch_size, device=device)
     model.eval()
     recon, sq = [], 0.0
     for x in data.batches(images, batch_size, device=device, memory_format=CHANNELS_LAST):
@@ -314,7 +315,7 @@ def summarize(records: list[dict], matrices: dict[str, np.ndarray]) -> dict:
         i, j = map(list, zip(*pairs))
         out[category] = {"count": len(pairs)}
         for name, matrix in matrices.items():
-            mean, se = training.mean_and_se(torch.from_numpy(matrix[i, j]))
+            mean, se = mean_and_se(torch.from_numpy(matrix[i, j]))
             out[category][name] = {"mean": mean, "se": se if len(pairs) > 1 else None}  # no spread from one pair
 
     def ratio(a: str, b: str) -> float | None:
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in tqdm(records, desc="networks", leave=False, disable=None, dynamic_ncols=True):
         model = r.pop("build")()
         recompute = not (args.own_bn and r["own_bn"])
-        vector, error = function_vector(model, images, args.eval_batch_size, device, bn_images if recompute else None)
+        vector, error = function_vector(model, images, args.eval_batch_size, device, bn_images if recompute else None, r["noise"])
         recon.append(vector)
         weights.append(curves.flat_parameters(model).float().cpu())
         mse.append(error)
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
               "groups": [r["group"] for r in records], "group_types": [r["type"] for r in records],
               "positions": [r["position"] for r in records], "mse": mse.tolist(),
               "matrices": {name: m.tolist() for name, m in matrices.items()},
-              "embedding": {**embedded, "xy": xy.tolist()}, "disagreement_t": along_paths(records, disagreement, [str(p) for p, _ in nets]),
+              "embedding": {**embedded, "xy": xy.tolist()}, "disagreement_t": along_paths(records, disagreement, [str(p) for p, *_ in nets]),
               "model": configs[0][1].get("model"), "data": data_cfg,
               "loss": configs[0][1].get("loss") if len({config.get("loss") for _, config in configs}) == 1 else None,
               "settings": {"images": len(images), "split": "valid", "images_source": source, "values_per_network": int(len(images) * images[0].numel()),

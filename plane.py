@@ -27,12 +27,12 @@ from lib import cli
 import curves
 import data
 from lib import training
-from eval_curve import CURVE_DIR, METRICS, add_subset_args, evaluate_point, newest_curve, target_features
-from fit_curve import check_compatible
-from lib.files import UserError, ensure_dir, file_sha256, load_ae, load_curve, plain_equal, write_json
+from lib.training import (CURVE_DIR, METRICS, add_subset_args, check_compatible, evaluate_point, mean_and_se,
+                            newest_curve, target_features)
+from lib.files import (PLANE_FORMAT, PLANE_PARTIAL_FORMAT, UserError, ensure_dir, file_sha256, load_ae, load_curve, plain_equal,
+                       write_json)
 
-PLANE_FORMAT = "aemc-plane-v1"
-PARTIAL_FORMAT = "aemc-plane-partial-v1"
+PARTIAL_FORMAT = PLANE_PARTIAL_FORMAT
 PLANE_DIR = Path("runs/planes")
 CURVE_SAMPLES = 101  # values of t at which the curve's projection is drawn
 
@@ -156,7 +156,7 @@ def measure(model: nn.Module, ev: dict) -> dict[str, float]:
                             device=ev["device"], features=ev["features"], precision=ev["precision"])
     out = {}
     for name, value in values.items():
-        out[name], out[f"{name}_se"] = training.mean_and_se(value)
+        out[name], out[f"{name}_se"] = mean_and_se(value)
     return out
 
 

@@ -12,7 +12,6 @@ the curve and the segment drawn. `index.json` in the output folder lists the fig
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,18 +19,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import BoundaryNorm  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ae  # noqa: E402
 from lib import cli  # noqa: E402
-from lib.files import UserError, ensure_dir, save_figure, write_json  # noqa: E402
-
-EVAL_FORMAT = "aemc-eval-v1"
-PLANE_FORMAT = "aemc-plane-v1"
-WRITERS = {EVAL_FORMAT: "eval_curve.py", PLANE_FORMAT: "plane.py"}
-LOSS_NAMES = {"mse": "MSE", "perceptual": "perceptual loss (VGG16)"}
-PATH_STYLES = {"curve": "-", "segment": "--", "aligned_segment": ":"}  # the aligned segment only where eval_curve --aligned ran
+from lib.training import LOSS_NAMES, PATH_STYLES, pair_label  # noqa: E402
+from lib.files import EVAL_FORMAT, PLANE_FORMAT, UserError, ensure_dir, read_result, save_figure, write_json  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,34 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--se", action="store_true", help="shade +- one standard error of each loss (over images)")
     p.add_argument("--format", default="png", choices=["png", "pdf"], help="file format of the loss figures, strips and planes")
     return p.parse_args(argv)
-
-
-def read_result(path: str | Path, formats: tuple[str, ...] = tuple(WRITERS)) -> dict:
-    """Read a JSON written by eval_curve.py or plane.py whose format is one of `formats`, refusing anything else."""
-    path = Path(path)
-    scripts = " or ".join(WRITERS[f] for f in formats)
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; run {scripts} first") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}; rerun {scripts}") from None
-    if not isinstance(result, dict) or result.get("format") not in formats:
-        raise UserError(f"{path} is not a file of {scripts} (format {' or '.join(formats)})")
-    result["_path"] = str(path)
-    return result
-
-
-def read_eval(path: str | Path) -> dict:
-    """Read an evaluation JSON written by eval_curve.py, refusing anything else."""
-    return read_result(path, (EVAL_FORMAT,))
-
-
-def pair_label(result: dict) -> str:
-    seeds = result.get("endpoint_seeds") or [None, None]
-    if None in seeds:
-        return " – ".join(Path(p).stem for p in result["endpoints"])
-    return f"seeds {seeds[0]}–{seeds[1]}"
 
 
 def group_key(result: dict) -> str:
@@ -159,105 +124,12 @@ def draw_fit(result: dict):
     return fig
 
 
-PLANE_LEVELS = 20  # filled contour levels of a plane figure
-PLANE_FLOOR = 1e-2  # the lowest level above the minimum, as a fraction of the range
-
-
-def draw_probe(result: dict):
-    """Linear probes of the code against t (eval_curve.py --probe): mean accuracy over class attributes
-    (chance dotted), mean R^2 over continuous ones, and the code's linear CKA with the codes at the ends."""
-    probes = result["probe"]
-    t = probes["t"]
-    panels = [(key, title) for key, title in (("accuracy", "probe accuracy (class attributes)"), ("r2", "probe R² (continuous attributes)"))
-              if any(v is not None for rows in probes["paths"].values() for v in rows[key])]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.0 * (len(panels) + 1), 4.0), squeeze=False)
-    axes = axes[0]
-    for ax, (key, title) in zip(axes, panels):
-        for path in (p for p in PATH_STYLES if p in probes["paths"]):
-            rows = probes["paths"][path]
-            ax.errorbar(t, rows[key], yerr=rows[f"{key}_se"], fmt=PATH_STYLES[path], color="C0", lw=1.8, capsize=2,
-                        label=path.replace("_", " "))
-        if key == "accuracy":
-            ax.axhline(probes["chance_accuracy"], color="gray", ls=":", lw=1, label="chance (majority class)")
-        ax.set_ylabel(title)
-    for path in (p for p in PATH_STYLES if p in probes["paths"]):
-        rows = probes["paths"][path]
-        axes[-1].plot(t, rows["cka_start"], PATH_STYLES[path], color="C1", lw=1.8, label=f"{path.replace('_', ' ')}: with z(0)")
-        axes[-1].plot(t, rows["cka_end"], PATH_STYLES[path], color="C2", lw=1.8, label=f"{path.replace('_', ' ')}: with z(1)")
-    axes[-1].set_ylabel("linear CKA of the code at t")
-    for ax in axes:
-        ax.set_xlabel("t")
-        ax.set_xlim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{pair_label(result)}, {result['loss']}: what a linear probe reads off the code, curve (solid) vs segment (dashed); "
-                 f"{probes['train_images']} train / {probes['test_images']} test images", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plane_levels(values: np.ndarray) -> np.ndarray:
-    """Contour levels at the minimum plus log-spaced fractions (PLANE_FLOOR to 1) of the range, as the
-    paper's plane plots: fine near the low-loss valley, coarse on the hills."""
-    low, high = float(np.nanmin(values)), float(np.nanmax(values))
-    span = max(high - low, abs(low) * 1e-9, 1e-30)
-    return low + span * np.concatenate([[0.0], np.geomspace(PLANE_FLOOR, 1.0, PLANE_LEVELS)])
-
-
-def draw_plane(result: dict):
-    """Figure 1: (a) train and (b) test loss in the plane, the three points marked, the curve solid, segments dashed."""
-    x, y = np.asarray(result["x"]), np.asarray(result["y"])
-    ratio = (y[-1] - y[0]) / (x[-1] - x[0])
-    equal = ratio >= 1 / 3  # true geometry, unless the plane is too flat to see
-    fig, axes = plt.subplots(1, 2, figsize=(13, 1.4 + 4.6 * (min(ratio, 1.2) if equal else 0.6)))
-    cmap = plt.get_cmap("jet_r")  # the paper's colours: low loss red, high loss blue
-    loss_name = LOSS_NAMES.get(result["loss"], result["loss"])
-    points, curve = result["points"], result.get("curve_projection")
-    for ax, split, letter in zip(axes, ("train", "test"), "ab"):
-        values = np.asarray(result["grid"][f"{split}_loss"], dtype=float)
-        levels = plane_levels(values)
-        norm = BoundaryNorm(levels, cmap.N)
-        filled = ax.contourf(x, y, values, levels=levels, cmap=cmap, norm=norm)
-        ax.contour(x, y, values, levels=levels, colors="k", linewidths=0.3, alpha=0.35)
-        bar = fig.colorbar(filled, ax=ax, ticks=levels[::4], format="%.3g", fraction=0.046, pad=0.03)
-        bar.set_label(f"{split} {loss_name}")
-        for a, b in result["segments"]:
-            ax.plot([points[a]["x"], points[b]["x"]], [points[a]["y"], points[b]["y"]], "--", color="k", lw=1.5,
-                    label=("segments" if len(result["segments"]) > 1 else "segment") if [a, b] == result["segments"][0] else None)
-        if curve:
-            ax.plot(curve["x"], curve["y"], "-", color="k", lw=2, label=f"{result['curve']} curve")
-        for p in points:
-            ax.plot(p["x"], p["y"], "o", color="white", mec="k", ms=8, zorder=5)
-            ax.annotate(f"{p['label']}\n{p[f'{split}_loss']:.3g}", (p["x"], p["y"]), textcoords="offset points", xytext=(6, 6),
-                        fontsize=8, zorder=6, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.7, "lw": 0})
-        unit = f"units of ||{result['basis']['P1']} - {result['basis']['P0']}||"
-        ax.set_xlabel(f"x ({unit})")
-        ax.set_ylabel(f"y ({unit})")
-        if equal:
-            ax.set_aspect("equal")
-        ax.set_title(f"({letter}) {split}")
-        ax.legend(fontsize=8, loc="upper right", framealpha=0.8)
-    p0, p1 = result["basis"]["P0"], result["basis"]["P1"]
-    fig.suptitle(f"{plane_label(result)}, {result['loss']} loss: the plane through {', '.join(p['name'] for p in points)} "
-                 f"(origin {p0}, x axis towards {p1}; ||{p1} - {p0}|| = {result['basis']['dx']:.3g})", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plane_label(result: dict) -> str:
-    """The plane's networks in words: seeds when known, else file names."""
-    seeds = result.get("endpoint_seeds") or []
-    if seeds and None not in seeds:
-        return f"seeds {'–'.join(str(s) for s in seeds)}" + (f" ({result['curve']} curve)" if result.get("curve") else "")
-    return " – ".join(Path(p).stem for p in result["endpoints"])
-
-
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     paths = args.evals or sorted(str(p) for pattern in ("*.eval.json", "*.plane.json") for p in Path("runs/curves").glob(pattern))
     if not paths:
         raise UserError("no evaluation or plane files given or found in runs/curves; run eval_curve.py (or plane.py) first")
-    loaded = [read_result(p) for p in paths]
+    loaded = [read_result(p, (EVAL_FORMAT, PLANE_FORMAT)) for p in paths]
     results = [r for r in loaded if r["format"] == EVAL_FORMAT]
     out = ensure_dir(args.out)
     written = []
@@ -278,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             written.append(save_figure(fig, out / f"fit_{stem}.{args.format}", dpi=110))
             plt.close(fig)
         if result.get("probe", {}).get("paths"):
-            fig = draw_probe(result)
+            fig = cli.optional("figures", "the probe figure of an eval_curve.py --probe evaluation").draw_probe(result)
             written.append(save_figure(fig, out / f"probe_{stem}.{args.format}", dpi=110))
             plt.close(fig)
         npz_path = Path(result["_path"]).with_name(result["files"]["npz"])
@@ -291,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         written.append(save_figure(fig, out / f"strip_{stem}.{args.format}", dpi=110))
         plt.close(fig)
     for result in (r for r in loaded if r["format"] == PLANE_FORMAT):
-        fig = draw_plane(result)
+        fig = cli.optional("figures", "the figure of a plane.py file").draw_plane(result)
         written.append(save_figure(fig, out / f"plane_{Path(result['_path']).name.removesuffix('.plane.json')}.{args.format}", dpi=120))
         plt.close(fig)
     for path in written:

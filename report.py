@@ -23,9 +23,10 @@ import numpy as np
 
 import ae
 from lib import cli
-import fit_curve
-from lib.files import CURVE_FORMAT, UserError, file_sha256, load_checkpoint, write_text
-from plot import PLANE_FORMAT, pair_label, plane_label, read_eval, read_result
+from lib.figures import plane_label
+from lib.training import CONVERGED_DROP, pair_label
+from lib.files import (CURVE_FORMAT, ENSEMBLE_FORMAT, EVAL_FORMAT, FUNCTION_SPACE_FORMAT, PLANE_FORMAT, UserError, file_sha256,
+                       load_checkpoint, read_result, write_text)
 
 # A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.
 CURVE_EXCESS = 0.10
@@ -34,9 +35,6 @@ SEGMENT_BARRIER = 0.10
 SEGMENT_OVER_CURVE = 2.0
 # A barrier (or a curve's excess over its worse end) within this many standard errors of zero counts as none.
 SIGNIFICANCE = 2.0
-
-ENSEMBLE_FORMAT = "aemc-ensemble-v1"
-FUNCTION_SPACE_FORMAT = "aemc-function-space-v1"
 
 # The verdict categories' headlines, as the report states them.
 HEADLINES = {
@@ -83,14 +81,14 @@ def load_study(study_dir: Path) -> dict:
     for m in endpoints:
         if not isinstance(m.get("config"), dict) or "test_loss" not in m:
             raise UserError(f"{m['_path']} is not an endpoint metrics file of train_ae.py; retrain that endpoint")
-    evals = [read_eval(p) for p in planned(study, study_dir, "eval", "curves/*.eval.json") if p.is_file()]
+    evals = [read_result(p, (EVAL_FORMAT,)) for p in planned(study, study_dir, "eval", "curves/*.eval.json") if p.is_file()]
     evals = [e for e in evals if eval_fits(e, study, study_dir)]
     if not evals:
         raise UserError(f"no curve evaluations (curves/*.eval.json) of this study's settings in {study_dir}; "
                         f"run the eval steps (run_study.py or eval_curve.py)")
     ensembles = [e for e in load_ensembles(study, study_dir) if same_curve(e, study_dir)]
     # second fits of a first pair (run_study's VARIANTS), compared with the plain fit, not pairs of the verdict
-    variants = {kind: [e for e in (read_eval(p) for p in planned(study, study_dir, f"eval-{kind}", pattern) if p.is_file())
+    variants = {kind: [e for e in (read_result(p, (EVAL_FORMAT,)) for p in planned(study, study_dir, f"eval-{kind}", pattern) if p.is_file())
                        if eval_fits(e, study, study_dir)]
                 for kind, pattern in (("arclength", "curves/*-arclength.eval.json"), ("aligned_curves", "curves/*-aligned.eval.json"))}
     if not isinstance(study.get("plan"), list):  # an old study.json: the glob above found every evaluation
@@ -348,12 +346,12 @@ def checks(evals: list[dict]) -> str:
         listed = ", ".join(f"{p['pair']} (fell {pct(p['last_quarter_drop'])} over the last {p['last_quarter_epochs']} epoch(s))"
                            for p in stalled)
         fits = (f"Fits: **{len(stalled)} of {len(known)} curve fits not converged**: their test loss at t = 0.5 still fell by more "
-                f"than {pct(fit_curve.CONVERGED_DROP)} over the last quarter of their epochs: {listed}. Those curves stopped on a "
+                f"than {pct(CONVERGED_DROP)} over the last quarter of their epochs: {listed}. Those curves stopped on a "
                 f"still-falling loss; fit them with more epochs before trusting their verdict.")
     else:
         worst = max(p["last_quarter_drop"] for p in known)
         fits = (f"Fits: all {len(known)} converged (the test loss at t = 0.5 changed by at most {pct(worst)} over the last "
-                f"quarter of their epochs; threshold {pct(fit_curve.CONVERGED_DROP)}).")
+                f"quarter of their epochs; threshold {pct(CONVERGED_DROP)}).")
     low = [p for p in pairs if p["below_ends"]]
     if low:
         deepest = max(low, key=lambda p: p["below_ends"]["depth"])
@@ -565,7 +563,7 @@ def fits_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str:
     """Each curve fit's history: test loss at t=0.5 from the linear initialisation to the last epoch,
     the drop over the last quarter, and whether it converged; with the figure plot.py drew."""
     text = ["## Curve fits", "", f"A fit is *not converged* when its test loss at t = 0.5 still fell by more than "
-            f"{pct(fit_curve.CONVERGED_DROP)} over the last quarter of its epochs.", ""]
+            f"{pct(CONVERGED_DROP)} over the last quarter of its epochs.", ""]
     rows = []
     for e in evals:
         fit = e.get("fit")

@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 import platform
 import sys
 import time
@@ -25,17 +26,13 @@ import torch
 import torchvision
 
 import ae
-from lib import cli
 import curves
 import data
 import ensemble
-import eval_curve
-from lib import executors
 import report
-from lib import training
-from lib.files import UserError, ensure_dir, file_sha256, folder_lock, write_json
-
-STUDY_FORMAT = "aemc-study-v1"
+from lib import cli, executors, training
+from lib.executors import folder_lock
+from lib.files import STUDY_FORMAT, UserError, ensure_dir, file_sha256, vgg16_features, write_json
 # Every value can be overridden by the flag of the same name. A value given per loss group (a dict)
 # is spent where it buys quality: an MSE image costs about a fifth of a perceptual one (README).
 PRESETS = {
@@ -97,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, text in texts.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=cli.positive_int, default=None, help=preset_help(key, text))
     p.add_argument("--num-points", type=cli.at_least_two, default=None, help=preset_help("num_points", "values of t evaluated per path"))
-    p.add_argument("--estimator", choices=eval_curve.ESTIMATORS, default=None,
+    p.add_argument("--estimator", choices=training.ESTIMATORS, default=None,
                    help=preset_help("estimator", "how the evaluations estimate each loss (eval_curve.py --estimator)"))
     p.add_argument("--lr", type=cli.positive_float, default=None, help=preset_help("lr", "endpoint learning rate"))
     p.add_argument("--curve-lr", type=cli.positive_float, default=None, help=preset_help("curve_lr", "curve learning rate"))
@@ -168,11 +165,11 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings.update(ensembles=not args.no_ensembles, num_bends=args.num_bends, cache_dir=args.cache_dir, download=args.download, device=args.device, preset=args.preset)
     if args.groups and args.losses:
         raise UserError("--losses and --groups both name the loss groups; give one of them")
-    groups = [ae.group_name(**ae.parse_group(g)) for g in args.groups] if args.groups else list(settings["losses"])
+    groups = [ae.group_name(**parse_group(g)) for g in args.groups] if args.groups else list(settings["losses"])
     if len(set(groups)) != len(groups):
         raise UserError(f"--groups has repeats ({', '.join(groups)}); name each group once")
     settings["groups"] = groups
-    settings["losses"] = list(dict.fromkeys(ae.parse_group(g)["loss"] for g in groups))
+    settings["losses"] = list(dict.fromkeys(parse_group(g)["loss"] for g in groups))
     settings["plane"] = not args.no_plane
     settings["function_space"] = not args.no_function_space
     if len(settings["seeds"]) < 2:
@@ -190,7 +187,7 @@ def choose_vgg_weights(settings: dict) -> tuple[str, str | None]:
     if "perceptual" not in settings["losses"] or settings["vgg_weights"] != "imagenet":
         return settings["vgg_weights"], None
     try:
-        ae.vgg16_features("imagenet")
+        vgg16_features("imagenet")
         return "imagenet", None
     except UserError as e:
         if settings["preset"] != "quick":
@@ -201,17 +198,35 @@ def choose_vgg_weights(settings: dict) -> tuple[str, str | None]:
         return "random", reason
 
 
+def parse_group(name: str) -> dict:
+    """A group name (loss[+noise=SIGMA][+l1=LAMBDA]) as {"loss", "noise", "l1"}; ae.group_name is its inverse."""
+    loss, *parts = name.split("+")
+    settings = {"loss": loss, "noise": 0.0, "l1": 0.0}
+    try:
+        if loss not in ae.LOSSES:
+            raise ValueError
+        for part in parts:
+            key, value = part.split("=")
+            if key not in ("noise", "l1") or float(value) < 0 or not math.isfinite(float(value)):
+                raise ValueError
+            settings[key] = float(value)
+    except ValueError:
+        raise UserError(f"cannot read the loss group {name!r}; write a loss ({', '.join(ae.LOSSES)}) with optional "
+                        f"+noise=SIGMA and +l1=LAMBDA (both >= 0), e.g. mse+noise=0.1 or mse+l1=1e-3") from None
+    return settings
+
+
 def for_group(value, group: str):
     """A setting's value for one loss group: its own entry when the setting is given per group (a
     variant such as mse+noise=0.1 takes its base loss's entry unless it has its own)."""
     if not isinstance(value, dict):
         return value
-    return value[group] if group in value else value[ae.parse_group(group)["loss"]]
+    return value[group] if group in value else value[parse_group(group)["loss"]]
 
 
 def group_flags(group: str) -> list:
     """train_ae.py's flags of a loss group: --loss, and --noise/--l1 only when not 0 (a plain group's argv is unchanged)."""
-    g = ae.parse_group(group)
+    g = parse_group(group)
     return ["--loss", g["loss"], *(["--noise", g["noise"]] if g["noise"] else []), *(["--l1", g["l1"]] if g["l1"] else [])]
 
 
@@ -239,7 +254,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
     `auto` precision is resolved for the device `on` (default CPU), so a step's key names what it ran."""
     steps, evals = [], []
     device = ["--device", s["device"]]
-    precision = {group: training.resolve_precision(s["precision"], on or torch.device("cpu"), ae.parse_group(group)["loss"])
+    precision = {group: training.resolve_precision(s["precision"], on or torch.device("cpu"), parse_group(group)["loss"])
                  for group in s["groups"]}
     for loss in s["groups"]:  # a loss group's name (e.g. mse, or mse+noise=0.1): in its file names, and the key of per-group settings
         for seed in s["seeds"]:

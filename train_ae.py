@@ -22,9 +22,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 import ae
-from lib import cli
 import data
-from lib import training
+from lib import cli, training
 from lib.files import AE_FORMAT, UserError, atomic_write, ensure_dir, load_checkpoint, save_ae, write_json
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--l1", type=cli.nonnegative_float, default=0.0, metavar="LAMBDA",
                    help="sparse: add LAMBDA x mean |code| of the bottleneck to the loss")
     data.add_data_args(p)
-    p.add_argument("--epochs", type=cli.positive_int, default=10)
-    p.add_argument("--batch-size", type=cli.positive_int, default=128)
+    p.add_argument("--epochs", type=cli.positive_int, default=10, help="passes over the training images")
+    p.add_argument("--batch-size", type=cli.positive_int, default=128, help="images per optimiser step")
     p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate (the schedule's base rate)")
     training.add_schedule_arg(p)
     p.add_argument("--latent-dim", type=cli.positive_int, default=128, help="size of the bottleneck")
@@ -47,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vgg-layers", nargs="+", default=list(ae.VGG_DEFAULT_LAYERS), choices=list(ae.VGG_LAYERS), metavar="LAYER",
                    help=f"VGG16 feature maps the perceptual loss compares, from {', '.join(ae.VGG_LAYERS)}")
     training.add_precision_arg(p)
-    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256)
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=256, help="images per forward pass when evaluating")
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{group}_s{seed}.pt, the group being the loss with "
                                                 "+noise=SIGMA, +l1=LAMBDA when given); .json and .png are written beside it")
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cli.seed_everything(args.seed)
     model = ae.AutoEncoder(args.latent_dim, args.width).to(device, memory_format=torch.channels_last)
-    loss_fn = ae.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers))
+    loss_fn = training.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers))
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
     objective = training.Objective(loss_fn, args.noise, args.l1)
@@ -137,16 +136,15 @@ def main(argv: list[str] | None = None) -> dict:
                         f"use at most {per_epoch}")
     snapshot_dir = ensure_dir(out.with_suffix(".snapshots")) if args.snapshots else None
     targets = training.target_feature_cache(objective, train_images, batch_size=args.eval_batch_size, device=device, precision=precision)
+    step = training.Step(objective, optimizer, device, args.batch_size, precision, target_features=targets,
+                         lr_at=training.schedule_rates(args.schedule, args.lr, per_epoch * args.epochs))
     for epoch in range(start, args.epochs):
         t0 = time.time()
-        lr_at = training.epoch_rates(args.schedule, args.lr, epoch, per_epoch, args.epochs)
-        train_loss = training.train_epoch(model, train_images, objective, optimizer, batch_size=args.batch_size, lr_at=lr_at,
-                                          precision=precision, target_features=targets,
-                                          generator=training.epoch_generator(args.seed, epoch), device=device, epoch=epoch,
-                                          after_step=snapshot_hook(snapshot_dir, model, run_config, out, epoch, per_epoch,
-                                                                   args.snapshots))
+        snapshot = snapshot_hook(snapshot_dir, model, run_config, out, epoch, per_epoch, args.snapshots)
+        train_loss = training.train_epoch(model, train_images, step, generator=training.epoch_generator(args.seed, epoch),
+                                          epoch=epoch, after_step=snapshot)
         test = training.evaluate(model, test_images, **evaluate)
-        lr = lr_at(per_epoch - 1)
+        lr = step.lr_at((epoch + 1) * per_epoch - 1)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "test_loss": test["loss"], "test_mse": test["mse"],
                         "seconds": time.time() - t0})
         extra = f"  test mse {test['mse']:.5f}" if group != "mse" else ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import random
 import sys
 from typing import Callable
@@ -19,57 +20,40 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default once: argparse's "(default: X)", unless the help says it already or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "") or action.default in (None, False, argparse.SUPPRESS):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def parser(doc: str) -> ArgumentParser:
     """A parser whose description is the script docstring's first line, showing defaults in --help."""
-    return ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return ArgumentParser(description=doc.splitlines()[0], formatter_class=HelpFormatter)
 
 
-def unit_float(text: str) -> float:
-    """argparse type: a float t in [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"t must be in [0, 1], got {text}")
-    return value
+def _bounded(name: str, kind: type, low: float, strict: bool = False, high: float = float("inf")):
+    """An argparse type named `name`: a finite number of `kind` >= low (> low when `strict`) and <= high."""
+    def check(text: str):
+        value = kind(text)
+        if not ((value > low if strict else value >= low) and value <= high) or value == float("inf"):
+            if high < float("inf"):
+                raise argparse.ArgumentTypeError(f"t must be in [{low:g}, {high:g}], got {text}")
+            number = "" if kind is int else "a finite number "
+            raise argparse.ArgumentTypeError(f"must be {number}{'>' if strict else '>='} {low:g}, got {text}")
+        return value
+
+    check.__name__ = name  # argparse names the type in its own errors ("invalid positive_int value")
+    return check
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def at_least_two(text: str) -> int:
-    """argparse type: an integer >= 2."""
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+unit_float = _bounded("unit_float", float, 0.0, high=1.0)  # a t in [0, 1]
+positive_int, nonnegative_int, at_least_two = (_bounded(n, int, low) for n, low in
+                                               (("positive_int", 1), ("nonnegative_int", 0), ("at_least_two", 2)))
+positive_float = _bounded("positive_float", float, 0.0, strict=True)
+nonnegative_float = _bounded("nonnegative_float", float, 0.0)
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +75,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def optional(module: str, flag: str):
+    """lib/<module>.py, imported where `flag` needs it (so a bare copy of the card's scripts runs without it), or a
+    UserError naming the missing file."""
+    try:
+        return importlib.import_module(f"lib.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != f"lib.{module}":
+            raise
+        raise UserError(f"{flag} needs lib/{module}.py, which this copy of the toolkit lacks; copy it into lib/") from None
 
 
 def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Where run_study.py runs its steps: one after another in this process (`local`), or as Ray tasks in
-parallel on this machine's cores or GPUs, or on a cluster (`ray`, an optional dependency).
+parallel on this machine's cores or GPUs, or on a cluster (`ray`, an optional dependency); and the lock
+that keeps two studies out of one folder.
 
 A step is a script's `main(argv)`, named by module; which step runs when is run_study's business.
 Ray is imported only when the Ray executor is opened, so this module imports without it.
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
+import shlex
+import socket
 import sys
 import time
 import traceback
@@ -17,7 +21,12 @@ from typing import Iterator
 
 import torch
 
-from lib.files import UserError
+from lib.files import UserError, _remove, ensure_dir
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not locked
+    fcntl = None
 
 RAY_INSTALL = "pip install -r requirements-ray.txt"
 REPO = Path(__file__).resolve().parent.parent  # where the scripts are: on every node's PYTHONPATH
@@ -156,3 +165,70 @@ def open_pool(executor: str, threads: int | None, cuda: bool, address: str | Non
     finally:
         if ours:
             ray.shutdown()
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold `<folder>/.lock` (creating the folder) while the block runs, or raise a UserError naming
+    the live process that holds it. On any exit the lock goes, and the folders it created if empty."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    ensure_dir(folder)
+    path, fd = folder / LOCK_NAME, None
+    try:
+        fd = _acquire(path)
+        yield path
+    finally:
+        if fd is not None:
+            _remove(path)  # while still holding it: see _acquire
+            os.close(fd)
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:  # not empty: the run left its outputs there
+                break
+
+
+def _acquire(path: Path) -> int | None:
+    """Lock `path` with flock and write who holds it. The kernel drops a flock when its holder dies,
+    however it dies, so a lock file left by a killed run is simply taken over: no PID guessing."""
+    if fcntl is None:
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(f"{path.parent} is in use by another run ({holder}); wait for it to end or stop it, "
+                            f"or choose another --out") from None
+        except OSError as e:  # a file system without locks: run unlocked rather than not at all
+            print(f"warning: cannot lock {path} ({e.strerror}); make sure no other run uses {path.parent}", file=sys.stderr)
+            os.close(fd)
+            return None
+        try:  # the holder before us unlinks the file as it releases it: lock the file that is there now
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": shlex.join(sys.argv)}
+    # written in place, not through atomic_write: a renamed file would be another file, unlocked
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    return fd
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds a lock file, in words, from what it holds."""
+    try:
+        info = json.loads(os.read(fd, 1 << 16))
+        command = " ".join(str(info["command"]).split())
+        return f"PID {info['pid']} on host {info['host']}, started {info['started']}, command: {command}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "a process that has not yet written its PID"

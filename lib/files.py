@@ -1,5 +1,5 @@
-"""Files on disk: atomic writes, checkpoints that are checked before they are trusted, and the
-lock that keeps two runs out of one folder.
+"""Files on disk: atomic writes, checkpoints that are checked before they are trusted, the format tags of
+every file the toolkit writes, result JSONs, and VGG16 weight files.
 
 Every file the project writes goes through `atomic_write`: it is written to a temporary file in
 the same folder and renamed into place, so a crash or a full disk leaves the previous file (or
@@ -8,28 +8,21 @@ none), never a truncated one. Checkpoints are plain dicts of tensors and plain d
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import re
-import shlex
-import socket
-import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: folders are not locked
-    fcntl = None
-
+import ae
+import curves
 
 # mkstemp makes its file private (0600); written files get the mode a plain open() gives them.
 # os.umask can only be read by setting it, so it is read once, here.
@@ -125,73 +118,6 @@ def _remove(path: str | os.PathLike) -> None:
         pass
 
 
-LOCK_NAME = ".lock"
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold `<folder>/.lock` (creating the folder) while the block runs, or raise a UserError naming
-    the live process that holds it. On any exit the lock goes, and the folders it created if empty."""
-    folder = Path(folder)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    ensure_dir(folder)
-    path, fd = folder / LOCK_NAME, None
-    try:
-        fd = _acquire(path)
-        yield path
-    finally:
-        if fd is not None:
-            _remove(path)  # while still holding it: see _acquire
-            os.close(fd)
-        for p in created:
-            try:
-                p.rmdir()
-            except OSError:  # not empty: the run left its outputs there
-                break
-
-
-def _acquire(path: Path) -> int | None:
-    """Lock `path` with flock and write who holds it. The kernel drops a flock when its holder dies,
-    however it dies, so a lock file left by a killed run is simply taken over: no PID guessing."""
-    if fcntl is None:
-        return None
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise UserError(f"{path.parent} is in use by another run ({holder}); wait for it to end or stop it, "
-                            f"or choose another --out") from None
-        except OSError as e:  # a file system without locks: run unlocked rather than not at all
-            print(f"warning: cannot lock {path} ({e.strerror}); make sure no other run uses {path.parent}", file=sys.stderr)
-            os.close(fd)
-            return None
-        try:  # the holder before us unlinks the file as it releases it: lock the file that is there now
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": shlex.join(sys.argv)}
-    # written in place, not through atomic_write: a renamed file would be another file, unlocked
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(info).encode())
-    return fd
-
-
-def _lock_holder(fd: int) -> str:
-    """Who holds a lock file, in words, from what it holds."""
-    try:
-        info = json.loads(os.read(fd, 1 << 16))
-        command = " ".join(str(info["command"]).split())
-        return f"PID {info['pid']} on host {info['host']}, started {info['started']}, command: {command}"
-    except (OSError, ValueError, TypeError, KeyError):
-        return "a process that has not yet written its PID"
-
-
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write `data` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, allow_nan=True)
@@ -280,8 +206,36 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-AE_FORMAT = "aemc-ae-v1"
-CURVE_FORMAT = "aemc-curve-v1"
+# Every format tag of the toolkit, defined here once: checkpoints carry them in their "format" key, result JSONs in theirs.
+AE_FORMAT = "aemc-ae-v1"  # train_ae.py's endpoints
+CURVE_FORMAT = "aemc-curve-v1"  # fit_curve.py's curves
+RESUME_FORMAT = "aemc-resume-v1"  # the per-epoch resume state of train_ae.py and fit_curve.py
+EVAL_FORMAT = "aemc-eval-v1"  # eval_curve.py's evaluation JSON
+PLANE_FORMAT = "aemc-plane-v1"  # plane.py's JSON
+PLANE_PARTIAL_FORMAT = "aemc-plane-partial-v1"  # plane.py's rows so far
+ENSEMBLE_FORMAT = "aemc-ensemble-v1"  # ensemble.py's JSON
+FUNCTION_SPACE_FORMAT = "aemc-function-space-v1"  # function_space.py's JSON
+STUDY_FORMAT = "aemc-study-v1"  # run_study.py's study.json
+CACHE_FORMAT = "aemc-cache-v1"  # data.py's decoded datasets
+WRITERS = {EVAL_FORMAT: "eval_curve.py", PLANE_FORMAT: "plane.py", ENSEMBLE_FORMAT: "ensemble.py",
+           FUNCTION_SPACE_FORMAT: "function_space.py", STUDY_FORMAT: "run_study.py"}
+
+
+def read_result(path: str | os.PathLike, formats: tuple[str, ...]) -> dict:
+    """Read a result JSON whose format is one of `formats`, refusing anything else; its path is kept as "_path"."""
+    path = Path(path)
+    scripts = " or ".join(WRITERS[f] for f in formats)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; run {scripts} first") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}; rerun {scripts}") from None
+    if not isinstance(result, dict) or result.get("format") not in formats:
+        raise UserError(f"{path} is not a file of {scripts} (format {' or '.join(formats)})")
+    result["_path"] = str(path)
+    return result
+
 
 
 def save_ae(path: str | os.PathLike, model, config: dict, metrics: dict) -> Path:
@@ -292,8 +246,6 @@ def save_ae(path: str | os.PathLike, model, config: dict, metrics: dict) -> Path
 
 def load_ae(path: str | os.PathLike):
     """Load an endpoint written by train_ae.py: (AutoEncoder with its weights, checkpoint dict)."""
-    import ae  # imported here: ae.py uses this module's error types
-
     ckpt = load_checkpoint(path, AE_FORMAT, ("state_dict", "config", "metrics"))
     try:
         model = ae.build_model(ckpt["config"]["model"])
@@ -306,9 +258,6 @@ def load_ae(path: str | os.PathLike):
 def load_curve(path: str | os.PathLike, check_endpoints: bool = True):
     """Load a curve written by fit_curve.py: (CurveNet with its bends, checkpoint dict). With
     `check_endpoints`, refuse a curve whose endpoint files changed since the fit."""
-    import ae
-    import curves
-
     ckpt = load_checkpoint(path, CURVE_FORMAT, ("state_dict", "config"))
     try:
         config = ckpt["config"]
@@ -328,3 +277,46 @@ def load_curve(path: str | os.PathLike, check_endpoints: bool = True):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:150]
+
+
+def vgg16_features(weights: str = "imagenet", seed: int = 0) -> torch.nn.Sequential:
+    """VGG16's convolutional trunk with ImageNet weights ('imagenet', through torchvision's weights API and torch's
+    download cache), a state-dict file (a path), or a random initialisation from a fixed seed ('random', for
+    offline runs only: the same for every endpoint, so all members of a loss group share one loss)."""
+    from torchvision.models import VGG16_Weights
+
+    if weights == "random":
+        return ae.vgg16_trunk(seed)
+    features = ae.vgg16_trunk()
+    if weights == "imagenet":
+        url = VGG16_Weights.IMAGENET1K_V1.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        try:
+            state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
+        except Exception as e:
+            raise UserError(f"could not get ImageNet VGG16 weights ({type(e).__name__}); offline, download {url} "
+                            f"elsewhere and put it at {cached}, or pass --vgg-weights PATH") from None
+        source = cached
+    else:
+        source = Path(weights)
+        if not source.is_file():
+            raise UserError(f"VGG16 weight file {source} does not exist; use --vgg-weights imagenet, random, or an existing .pth file")
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"cannot read VGG16 weights from {source}: {load_failure(e)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if isinstance(state, dict) and any(str(k).startswith("features.") for k in state):
+        state = {k[len("features."):]: v for k, v in state.items() if str(k).startswith("features.")}
+    try:
+        features.load_state_dict(state)
+    except Exception as e:
+        raise UserError(f"{source} is not a VGG16 state dict ({str(e).splitlines()[0][:120]}); "
+                        f"save torchvision's vgg16().state_dict()") from None
+    return features
+
+
+def vgg_weights_name(weights: str) -> str:
+    """What a config records of --vgg-weights: imagenet, random, or file:<the file's name>."""
+    return weights if weights in ("imagenet", "random") else f"file:{Path(weights).name}"

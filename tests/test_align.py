@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ae
+from lib import training
 from lib import align
 from lib.files import UserError, load_ae
 
@@ -116,8 +117,6 @@ def evaluated(curve):
 
 
 def test_eval_aligned_adds_the_aligned_segment_beside_the_others(evaluated):
-    import eval_curve
-
     plain, result, path = evaluated
     tmp_path = path.parent
     assert list(plain["paths"]) == ["curve", "segment"] and "alignment" not in plain
@@ -125,7 +124,7 @@ def test_eval_aligned_adds_the_aligned_segment_beside_the_others(evaluated):
     segment, aligned = result["paths"]["segment"], result["paths"]["aligned_segment"]
     assert aligned.keys() == segment.keys() and aligned["summary"].keys() == segment["summary"].keys()
     assert aligned["summary"]["test_loss"].keys() == segment["summary"]["test_loss"].keys()
-    for name in eval_curve.METRICS:
+    for name in training.METRICS:
         assert aligned[name][0] == segment[name][0]  # the same A at t=0
         assert aligned[name][-1] == pytest.approx(segment[name][-1], rel=1e-4)  # B, permuted: the same function
         assert aligned[name][2] != segment[name][2]  # but another path between them
@@ -163,8 +162,8 @@ def test_plot_draws_the_aligned_segment_dotted(evaluated, tmp_path):
     import plot
 
     plain, result, path = evaluated
-    for evaluation, dotted in ((plain, 0), (result, 1)):
-        fig = plot.draw_losses([evaluation], "t")
+    for evaluated_pair, dotted in ((plain, 0), (result, 1)):
+        fig = plot.draw_losses([evaluated_pair], "t")
         for ax in fig.axes:
             lines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
             assert len(lines) == dotted and all(line.get_label().endswith("aligned segment") for line in lines)

@@ -15,9 +15,9 @@ import ensemble
 import eval_curve
 import fit_curve
 import plot
+from lib import training
 from lib import probe
 import train_ae
-from lib import training
 from conftest import killed_after_epoch, tiny_args
 from lib.files import UserError, load_ae, load_checkpoint, save_checkpoint, load_curve
 
@@ -139,7 +139,7 @@ def test_evaluation_carries_the_fit_history_and_its_check(fitted):
 
 
 def test_summary_barrier_of_a_known_profile():
-    s = eval_curve.summarize([1.0, 3.0, 2.0], [0.0, 0.5, 1.0], [0.0, 1.0, 1.0])
+    s = training.summarize([1.0, 3.0, 2.0], [0.0, 0.5, 1.0], [0.0, 1.0, 1.0])
     assert s["barrier"] == pytest.approx(1.5) and s["t_barrier"] == 0.5  # 3 - (1 + 2) / 2
     assert s["barrier_rel"] == pytest.approx(1.0) and s["integral"] == pytest.approx(2.25)
 
@@ -212,6 +212,20 @@ def test_eval_refuses_a_curve_whose_endpoint_changed(fitted, endpoints, tmp_path
     assert not curve.with_name("c.eval.json").exists()
 
 
+def test_each_objective_and_alignment_has_its_own_default_file(endpoints, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default folder, runs/curves, is relative
+    flags = ["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--epochs", "1", "--batch-size", "16", "--bn-images", "40"]
+    fit_curve.main(flags)
+    uniform = tmp_path / "runs/curves" / f"{endpoints[0].stem}-{endpoints[1].stem}-bezier.pt"
+    before = uniform.read_bytes()
+    fit_curve.main([*flags, "--objective", "arclength"])
+    arclength = uniform.with_name(uniform.stem + "-arclength.pt")
+    assert load_curve(arclength)[1]["config"]["objective"] == "arclength"
+    assert uniform.read_bytes() == before  # the uniform fit is not overwritten
+    assert fit_curve.default_out("x/a.pt", "b.pt", "polychain", aligned=True, objective="arclength").name == \
+        "a-b-polychain-arclength-aligned.pt"
+
+
 def test_arclength_fit_is_recorded_follows_its_sampler_and_resumes_exactly(endpoints, tmp_path, monkeypatch):
     flags = ["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--epochs", "2", "--lr", "3e-3", "--batch-size", "16",
              "--bn-images", "40"]
@@ -258,14 +272,14 @@ def test_probes_along_both_paths_share_their_ends_match_the_endpoint_and_are_dra
     model.eval()
     with torch.no_grad():
         z = {"train": model.encode(train[:48].float() / 255), "test": model.encode(test[:12].float() / 255)}
-    (train_labels, about), (test_labels, _) = data.load_labels(config, "train"), data.load_labels(config, "test")
+    (train_labels, about), (test_labels, _) = probe.load_labels(config, "train"), probe.load_labels(config, "test")
     own = probe.probe(z["train"], {k: v[:48] for k, v in train_labels.items()}, z["test"], {k: v[:12] for k, v in test_labels.items()}, about)
     assert curve["accuracy"][0] == pytest.approx(own["accuracy"]) and curve["r2"][0] == pytest.approx(own["r2"], rel=1e-4, abs=1e-6)
     written = plot.main([str(tmp_path / "p.eval.json"), "--out", str(tmp_path / "fig")])
     assert tmp_path / "fig" / "probe_p.png" in written
 
-    monkeypatch.setattr(data, "load_labels", lambda config, split: None)  # a dataset without labels: a note, no probes
-    monkeypatch.setattr(data, "labels_unavailable", lambda config: "no labels here")
+    monkeypatch.setattr(probe, "load_labels", lambda config, split: None)  # a dataset without labels: a note, no probes
+    monkeypatch.setattr(probe, "labels_unavailable", lambda config: "no labels here")
     assert eval_curve.main([*flags, "--out", str(tmp_path / "q.eval.json")])["probe"] == {"skipped": "no labels here"}
 
 
@@ -299,10 +313,10 @@ def test_control_variate_mean_is_exact_when_the_controls_explain_everything():
     rng = np.random.default_rng(0)
     controls = rng.gamma(2.0, 1.0, size=(4000, 3))
     y = 0.3 + controls @ np.array([0.5, -0.2, 1.5])  # the quantity on all 4,000 images
-    fit = eval_curve.control_variate_mean(y[:300], controls)
+    fit = training.control_variate_mean(y[:300], controls)
     assert fit["estimate"] == pytest.approx(y.mean(), rel=1e-10) and fit["r2"] == pytest.approx(1.0)
     assert fit["se_subset"] < 1e-9 * y.mean()
-    full = eval_curve.control_variate_mean(y, controls)  # the subset is the whole split: its plain mean, no own error
+    full = training.control_variate_mean(y, controls)  # the subset is the whole split: its plain mean, no own error
     assert full["estimate"] == pytest.approx(y.mean(), rel=1e-12) and full["se_subset"] == 0
 
 
@@ -314,7 +328,7 @@ def test_control_variate_standard_error_is_honest():
         difficulty = rng.gamma(2.0, 1.0, size=2000)
         controls = np.stack([difficulty * (1 + 0.1 * rng.standard_normal(2000)) for _ in range(2)], axis=1)
         y = difficulty * (1.5 + 0.3 * rng.standard_normal(2000))
-        fit = eval_curve.control_variate_mean(y[:200], controls)
+        fit = training.control_variate_mean(y[:200], controls)
         z.append((fit["estimate"] - y.mean()) / fit["se_subset"])
         plain.append(y[:200].mean() - y.mean())
         corrected.append(fit["estimate"] - y.mean())

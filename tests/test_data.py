@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import data
-from lib import faces
+from lib import probe
+from lib import images as image_files
 from lib.files import UserError, load_checkpoint, save_checkpoint
 
 CELEBA_PARTS = [0] * 18 + [1] * 6 + [2] * 6  # partition value of each fake CelebA image
@@ -142,14 +143,14 @@ def test_celeba_download_failure_says_where_to_put_files(tmp_path, monkeypatch):
 def test_decode_image_crops_the_centre_square(tmp_path):
     framed_image(tmp_path / "wide.png", (120, 80), 80, [0, 200, 0], [200, 0, 0])
     framed_image(tmp_path / "small.jpg", (100, 130), 100, [0, 0, 200], [200, 200, 0])
-    wide = data.decode_image(tmp_path / "wide.png")
+    wide = image_files.decode_image(tmp_path / "wide.png")
     assert wide.shape == (64, 64, 3) and wide.dtype == np.uint8
     assert np.abs(wide[2:-2, 2:-2].astype(int) - [0, 200, 0]).max() < 3
     # a crop larger than the image shrinks to its short side
-    small = data.decode_image(tmp_path / "small.jpg", crop=148)
+    small = image_files.decode_image(tmp_path / "small.jpg", crop=148)
     assert np.abs(small[4:-4, 4:-4].astype(int) - [0, 0, 200]).max() < 20
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg at all")
-    assert data.decode_image(tmp_path / "bad.jpg") is None
+    assert image_files.decode_image(tmp_path / "bad.jpg") is None
 
 
 # ---------------------------------------------------------------- synthetic
@@ -237,8 +238,8 @@ def test_second_load_reads_the_cache(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("decoded although the cache was valid")
 
-    monkeypatch.setattr(data, "decode_image", forbidden)
-    monkeypatch.setattr(faces, "synthetic_faces", forbidden)
+    monkeypatch.setattr(image_files, "decode_image", forbidden)
+    monkeypatch.setattr(data, "synthetic_faces", forbidden)
     assert torch.equal(data.load_split(celeba, "train", progress=False), first[0])
     assert torch.equal(data.load_split(synthetic, "train", progress=False), first[1])
 
@@ -334,11 +335,11 @@ def test_celeba_labels_align_with_the_split_rows(tmp_path, layout):
     _, _, centres = fake_celeba(tmp_path / "root", layout)
     write_attributes(tmp_path / "root", layout)
     config = config_for(tmp_path, "--dataset", "celeba", "--data-root", str(tmp_path / "root"))
-    assert data.labels_unavailable(config) is None
+    assert probe.labels_unavailable(config) is None
     for split in data.SPLITS:  # labels first, then images from the cache they made, and the other way round
-        labels = data.load_labels(config, split, progress=False)
+        labels = probe.load_labels(config, split, progress=False)
         assert_labels_are_the_images(labels, data.load_split(config, split, progress=False), centres)
-    assert_labels_are_the_images(data.load_labels(config, "train", progress=False),
+    assert_labels_are_the_images(probe.load_labels(config, "train", progress=False),
                                  data.load_split(config, "train", progress=False), centres)
 
 
@@ -355,7 +356,7 @@ def test_celeba_labels_follow_caps_missing_and_undecodable_files(tmp_path, capsy
     kept = [n for n in order if n != gone][:5]
     kept.remove(broken)
     assert image_numbers(images, centres) == kept  # the cap counts files on disk; the broken one is skipped
-    assert_labels_are_the_images(data.load_labels(config, "train", progress=False), images, centres)
+    assert_labels_are_the_images(probe.load_labels(config, "train", progress=False), images, centres)
     (payload,) = cache_payloads(tmp_path / "capped", "celeba-train-*")
     assert payload["files"] == [f"{n:06d}.jpg" for n in kept] and payload["skipped"] == 2
     assert "could not be decoded" in capsys.readouterr().err
@@ -379,15 +380,15 @@ def test_celeba_labels_from_a_cache_that_does_not_record_its_files(tmp_path, mon
         raise AssertionError("decoded although the cache could tell its files")
 
     with monkeypatch.context() as patch:  # every file was decoded: its rows are the planned files
-        patch.setattr(data, "decode_image", forbidden)
-        assert_labels_are_the_images(data.load_labels(config, "valid", progress=False), images, centres)
+        patch.setattr(image_files, "decode_image", forbidden)
+        assert_labels_are_the_images(probe.load_labels(config, "valid", progress=False), images, centres)
     (images_dir / "000020.jpg").write_bytes(b"not a jpeg")  # a new cache, one file short of the plan
     for path in (tmp_path / "cache").glob("*.pt"):
         path.unlink()
     images = data.load_split(config, "valid", progress=False)
     forget_files()
     capsys.readouterr()
-    labels = data.load_labels(config, "valid", progress=False)  # which file is missing cannot be told: rebuilt
+    labels = probe.load_labels(config, "valid", progress=False)  # which file is missing cannot be told: rebuilt
     assert "does not record which files" in capsys.readouterr().err
     assert len(images) == 5 and torch.equal(data.load_split(config, "valid", progress=False), images)
     assert_labels_are_the_images(labels, images, centres)
@@ -396,12 +397,12 @@ def test_celeba_labels_from_a_cache_that_does_not_record_its_files(tmp_path, mon
 def test_labels_absent_for_celeba_without_attributes_and_for_folders(tmp_path):
     fake_celeba(tmp_path / "root", "txt")
     celeba = config_for(tmp_path, "--dataset", "celeba", "--data-root", str(tmp_path / "root"))
-    assert data.load_labels(celeba, "train", progress=False) is None
-    assert "list_attr_celeba" in data.labels_unavailable(celeba)
+    assert probe.load_labels(celeba, "train", progress=False) is None
+    assert "list_attr_celeba" in probe.labels_unavailable(celeba)
     image_tree(tmp_path / "tree", corrupt=0)
     folder = config_for(tmp_path, "--dataset", "folder", "--data-root", str(tmp_path / "tree"))
-    assert data.load_labels(folder, "train", progress=False) is None
-    assert "no attribute labels" in data.labels_unavailable(folder)
+    assert probe.load_labels(folder, "train", progress=False) is None
+    assert "no attribute labels" in probe.labels_unavailable(folder)
 
 
 def test_celeba_attribute_file_that_is_wrong_is_an_error(tmp_path):
@@ -409,31 +410,31 @@ def test_celeba_attribute_file_that_is_wrong_is_an_error(tmp_path):
     path = write_attributes(tmp_path / "root", "txt", count=len(CELEBA_PARTS) - 1)  # no row for image 30
     config = config_for(tmp_path, "--dataset", "celeba", "--data-root", str(tmp_path / "root"))
     with pytest.raises(UserError, match="no row for 000030.jpg"):
-        data.load_labels(config, "test", progress=False)
+        probe.load_labels(config, "test", progress=False)
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:5] + [lines[5].replace("-1", "2", 1)] + lines[6:]))
     with pytest.raises(UserError, match="line 6 holds a value other than"):
-        data.load_labels(config, "test", progress=False)
+        probe.load_labels(config, "test", progress=False)
     path.write_text("\n".join(lines[:5] + [lines[5].rsplit(" ", 1)[0]] + lines[6:]))
     with pytest.raises(UserError, match="line 6 has 39 values for 40 attributes"):
-        data.load_labels(config, "test", progress=False)
+        probe.load_labels(config, "test", progress=False)
 
 
 def test_synthetic_labels_are_the_faces_attributes_of_the_split(tmp_path):
     config = config_for(tmp_path, "--synthetic-size", "50")
     capped = config_for(tmp_path, "--synthetic-size", "50", "--n-train", "7", "--n-test", "3")
-    assert data.labels_unavailable(config) is None
+    assert probe.labels_unavailable(config) is None
     for split, count in (("train", 50), ("valid", 10), ("test", 10)):
-        values, about = data.load_labels(config, split, progress=False)
-        assert about == faces.ATTRIBUTES
-        expected, _ = faces.face_attributes(data.SYNTHETIC_START[split], count, data.SYNTHETIC_SEED)
+        values, about = probe.load_labels(config, split, progress=False)
+        assert about == probe.ATTRIBUTES
+        expected, _ = probe.face_attributes(data.SYNTHETIC_START[split], count, data.SYNTHETIC_SEED)
         assert all(torch.equal(values[name], expected[name]) for name in expected)
         assert all(len(v) == len(data.load_split(config, split, progress=False)) for v in values.values())
-        capped_values, _ = data.load_labels(capped, split, progress=False)
+        capped_values, _ = probe.load_labels(capped, split, progress=False)
         cap = 7 if split == "train" else 3
         assert all(torch.equal(capped_values[name], values[name][:cap]) for name in values)
     with pytest.raises(UserError, match="unknown split"):
-        data.load_labels(config, "validation")
+        probe.load_labels(config, "validation")
 
 
 # ---------------------------------------------------------------- config

@@ -1,4 +1,4 @@
-"""Tests of faces.py: faces and their attributes are a pure function of (seed, index), the pixels are
+"""Tests of data.py: faces and their attributes are a pure function of (seed, index), the pixels are
 pinned, and the attributes describe what is drawn."""
 import hashlib
 
@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from lib import faces
+import data
+from lib import probe
+
 
 
 def test_synthetic_faces_are_a_pure_function_of_seed_and_index():
-    block = faces.synthetic_faces(0, 80, seed=3)
+    block = data.synthetic_faces(0, 80, seed=3)
     assert block.shape == (80, 3, 64, 64) and block.dtype == torch.uint8
-    assert torch.equal(block, faces.synthetic_faces(0, 80, seed=3))
+    assert torch.equal(block, data.synthetic_faces(0, 80, seed=3))
     for i in (0, 1, 63, 64, 79):
-        assert torch.equal(faces.synthetic_faces(i, 1, seed=3)[0], block[i])
-    assert torch.equal(faces.synthetic_faces(50, 20, seed=3), block[50:70])
-    other = faces.synthetic_faces(0, 80, seed=4)
+        assert torch.equal(data.synthetic_faces(i, 1, seed=3)[0], block[i])
+    assert torch.equal(data.synthetic_faces(50, 20, seed=3), block[50:70])
+    other = data.synthetic_faces(0, 80, seed=4)
     assert (other.float() - block.float()).abs().mean() > 20
 
 
@@ -33,12 +35,12 @@ FACE_HASHES = {
 
 @pytest.mark.parametrize("start, count, seed", FACE_HASHES)
 def test_synthetic_faces_pixels_are_pinned(start, count, seed):
-    images = faces.synthetic_faces(start, count, seed)
+    images = data.synthetic_faces(start, count, seed)
     assert hashlib.sha256(images.numpy().tobytes()).hexdigest() == FACE_HASHES[start, count, seed]
 
 
 def test_synthetic_faces_vary():
-    images = faces.synthetic_faces(1000, 64).float()
+    images = data.synthetic_faces(1000, 64).float()
     assert images.std(dim=0).mean() > 30  # pixels vary across faces, in 0..255 units
     assert images.std(dim=(1, 2, 3)).min() > 10  # and within each face
     flat = images.flatten(1)
@@ -49,20 +51,20 @@ def test_synthetic_faces_vary():
 # ---------------------------------------------------------------- attributes
 
 def test_face_attributes_are_a_pure_function_of_seed_and_index():
-    block, about = faces.face_attributes(64, 16, seed=3)
-    assert set(block) == set(about) == set(faces.ATTRIBUTES)
+    block, about = probe.face_attributes(64, 16, seed=3)
+    assert set(block) == set(about) == set(probe.ATTRIBUTES)
     for name, values in block.items():
         assert values.shape == (16,) and values.dtype == torch.float32
-        alone, _ = faces.face_attributes(64 + 6, 1, seed=3)  # face 70 alone equals face 70 in the block
+        alone, _ = probe.face_attributes(64 + 6, 1, seed=3)  # face 70 alone equals face 70 in the block
         assert torch.equal(alone[name], values[6:7])
-    shifted, _ = faces.face_attributes(70, 30, seed=3)
+    shifted, _ = probe.face_attributes(70, 30, seed=3)
     assert all(torch.equal(shifted[name][:10], block[name][6:]) for name in block)
-    other, _ = faces.face_attributes(64, 16, seed=4)
+    other, _ = probe.face_attributes(64, 16, seed=4)
     assert not torch.equal(other["tilt"], block["tilt"])
 
 
 def test_face_attributes_describe_their_kind_and_range():
-    values, about = faces.face_attributes(0, 512)
+    values, about = probe.face_attributes(0, 512)
     for name, info in about.items():
         assert info["kind"] in ("class", "continuous") and info["what"]
         v = values[name]
@@ -70,7 +72,7 @@ def test_face_attributes_describe_their_kind_and_range():
             assert torch.equal(v, v.round()) and set(v.long().tolist()) == set(range(info["classes"]))
         else:
             assert info["classes"] is None and v.std() > 0
-    assert about["hair_colour"]["classes"] == len(faces._HAIR) and about["iris_colour"]["classes"] == len(faces._IRIS)
+    assert about["hair_colour"]["classes"] == len(data._HAIR) and about["iris_colour"]["classes"] == len(data._IRIS)
     assert values["tilt"].abs().max() <= 13.7  # 2 atan(0.12) in degrees
     assert torch.equal(values["skin_class"], values["skin_tone"].round())
 
@@ -79,10 +81,10 @@ def drawn_with(start, count, part, colour):
     """Faces start.. drawn with one colour of their look ('skin', 'iris', ...) replaced by `colour`:
     where they differ from the real faces is where that part shows."""
     index = np.arange(start, start + count, dtype=np.uint64)
-    look = faces._face_params(0, index)
+    look = data._face_params(0, index)
     look[part] = np.broadcast_to(np.asarray(colour, dtype=float), look[part].shape)
     look = {name: torch.from_numpy(np.array(value)).float() for name, value in look.items()}
-    return faces._draw_faces(look, faces._pixel_noise(0, index)).float() / 255
+    return data._draw_faces(look, data._pixel_noise(0, index)).float() / 255
 
 
 def correlation(a, b):
@@ -91,14 +93,14 @@ def correlation(a, b):
 
 def test_hair_colour_label_is_the_drawn_hair_colour():
     n = 128
-    images = faces.synthetic_faces(5000, n).float() / 255
-    labels, _ = faces.face_attributes(5000, n)
+    images = data.synthetic_faces(5000, n).float() / 255
+    labels, _ = probe.face_attributes(5000, n)
     # a point of the fringe: on the head's axis, 93% of the way up the face (the fringe always
     # covers the top 15%), placed with the labelled position, size and tilt
     angle, up = torch.deg2rad(labels["tilt"]), -0.93 * labels["face_height"]
     x, y = labels["face_x"] - up * torch.sin(angle), labels["face_y"] + up * torch.cos(angle)
     pixel = images[torch.arange(n), :, ((y + 1) * 32).long(), ((x + 1) * 32).long()]  # [n, 3]
-    palette = torch.tensor(faces._HAIR, dtype=torch.float32)
+    palette = torch.tensor(data._HAIR, dtype=torch.float32)
     labelled = palette[labels["hair_colour"].long()]
     # every face: within the jitter (0.06, under light up to 1.31x), noise, rounding and lighting (31%)
     assert ((pixel - labelled).abs() <= 0.1 + 0.31 * labelled).all()
@@ -110,8 +112,8 @@ def test_hair_colour_label_is_the_drawn_hair_colour():
 
 def test_position_size_tilt_and_tone_labels_match_the_drawing():
     n, start = 64, 5000
-    images = faces.synthetic_faces(start, n).float() / 255
-    labels, _ = faces.face_attributes(start, n)
+    images = data.synthetic_faces(start, n).float() / 255
+    labels, _ = probe.face_attributes(start, n)
     coords = (torch.arange(64) + 0.5) / 32 - 1  # pixel centres in the drawing's units, -1 .. 1
     skin = (drawn_with(start, n, "skin", [0, 1, 0]) - images).abs().sum(1)  # [n, 64, 64]: face, ears, neck
     weight = skin / skin.sum(dim=(1, 2), keepdim=True)

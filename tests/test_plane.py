@@ -11,6 +11,7 @@ import fit_curve
 import plane
 import plot
 import train_ae
+from lib import training
 from conftest import tiny_args
 from lib.files import CURVE_FORMAT, file_sha256, load_ae, load_checkpoint, save_checkpoint
 
@@ -158,7 +159,7 @@ def test_points_gives_the_plane_of_three_endpoints_and_plot_draws_it(endpoints, 
     own = eval_curve.main(["--ckpt", str(chain), "--num_points", "3", "--columns", "2", *POINT_SUBSETS, "--estimator", "subset",
                            "--out", str(tmp_path / "chain.eval.json")])["paths"]["curve"]
     assert own["estimator"] == ["subset"] * 3 and three["settings"]["bn_images"] == 24
-    names = [*eval_curve.METRICS, *(f"{m}_se" for m in eval_curve.METRICS)]
+    names = [*training.METRICS, *(f"{m}_se" for m in training.METRICS)]
     for i, point in enumerate(three["points"]):
         for name in names:
             assert point[name] == pytest.approx(own[name][i], rel=1e-5), (point["name"], name)

@@ -38,7 +38,7 @@ from lib.files import AE_FORMAT, CURVE_FORMAT, CheckpointError, UserError, load_
 
 HERE = Path(__file__).resolve().parent.parent  # the repository root, where the scripts are
 EPOCHS = 8
-RESUME = training.RESUME_FORMAT
+RESUME = files.RESUME_FORMAT
 FIT_FLAGS = ["--epochs", "2", "--batch-size", "32", "--bn-images", "16", "--eval-batch-size", "64", "--lr", "3e-3"]
 EVAL_FLAGS = ["--num_points", "3", "--columns", "2", "--images", "2", "--bn-images", "16", "--train-images", "16",
               "--test-images", "8", "--eval-batch-size", "64"]
@@ -280,13 +280,13 @@ def test_fit_curve_resume_continues_exactly(fitted, tmp_path, monkeypatch):
     out, resume = tmp_path / "c.pt", tmp_path / "c.resume.pt"
     real = training.train_epoch
 
-    def interrupt_at_step_2(step):
-        if step == 1:
+    def interrupt_after_step_1(step):
+        if step == 0:
             raise KeyboardInterrupt
 
-    def train_epoch(*args, **kwargs):  # Ctrl-C during the second step of the second epoch
+    def train_epoch(*args, **kwargs):  # Ctrl-C in the second epoch, right after its first step
         if kwargs["epoch"] == 1:
-            kwargs["before_step"] = interrupt_at_step_2
+            kwargs["after_step"] = interrupt_after_step_1
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_epoch", train_epoch)
@@ -348,7 +348,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
         "load_ae": lambda: files.load_ae(evil),
         "load_curve": lambda: files.load_curve(evil),
         "load_resume": lambda: training.load_resume(evil, model, torch.optim.Adam(model.parameters()), {}),
-        "vgg16_features": lambda: ae.vgg16_features(str(evil)),
+        "vgg16_features": lambda: files.vgg16_features(str(evil)),
     }
     for name, attempt in attempts.items():
         with pytest.raises(UserError) as err:
@@ -368,7 +368,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
 def test_a_vgg_file_that_would_run_code_is_refused_clearly(tmp_path):
     evil, marker = armed(tmp_path)
     with pytest.raises(UserError, match=r"cannot read VGG16 weights from .*evil\.pt: it holds pickled Python objects"):
-        ae.vgg16_features(str(evil))
+        files.vgg16_features(str(evil))
 
 
 def calls(tree: ast.AST):
@@ -716,7 +716,7 @@ def test_nan_loss_stops_training_naming_epoch_and_step_keeps_the_last_good_epoch
         return loss
 
     with monkeypatch.context() as mp:
-        mp.setattr(ae, "make_loss", lambda *args, **kwargs: loss_with_a_nan)
+        mp.setattr(training, "make_loss", lambda *args, **kwargs: loss_with_a_nan)
         out = tmp_path / "a.pt"
         with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 2, step 2; the learning rate .* is too high") as err:
             train_ae.main([*flags, "--out", str(out)])
@@ -751,8 +751,8 @@ def test_infinite_loss_is_divergence_too():
         return ae.mse(recon, target) * (float("inf") if len(steps) == 3 else 1.0)
 
     with pytest.raises(UserError, match="loss is inf at epoch 5, step 3"):
-        training.train_epoch(model, torch.zeros(16, 3, 64, 64, dtype=torch.uint8), loss, torch.optim.Adam(model.parameters()),
-                             batch_size=4, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), epoch=4)
+        step = training.Step(training.Objective(loss), torch.optim.Adam(model.parameters()), torch.device("cpu"), 4)
+        training.train_epoch(model, torch.zeros(16, 3, 64, 64, dtype=torch.uint8), step, generator=torch.Generator().manual_seed(0), epoch=4)
 
 
 # ---------------------------------------------------------------- 6. determinism
@@ -887,7 +887,7 @@ def templates(tmp_path_factory):
     cache_config = data.data_config(type("Args", (), {})(), base={"synthetic_size": 6, "cache_dir": str(tmp / "cache")})
     images = data.load_split(cache_config, "train", progress=False)
     (cache,) = (tmp / "cache").glob("*.pt")
-    vgg = ae._vgg16_trunk().state_dict()
+    vgg = ae.vgg16_trunk().state_dict()
     torch.save({f"features.{k}": v for k, v in list(vgg.items())[:4]}, tmp / "vgg.pth")  # a valid-looking start of one
     return {"load_checkpoint": tmp / "ae.pt", "load_ae": tmp / "ae.pt", "load_curve": tmp / "curve.pt",
             "load_resume": tmp / "resume.pt", "cache": cache, "vgg16_features": tmp / "vgg.pth",
@@ -969,7 +969,7 @@ def fuzz_one(loader: str, path: Path, templates: dict, kind: str, capsys) -> Non
             model(x.expand(2, -1, -1, -1)).mean().backward()  # a loaded state must train
             optimizer.step()
         elif loader == "vgg16_features":
-            ae.vgg16_features(str(path))
+            files.vgg16_features(str(path))
         elif loader == "cache":
             templates["cache"].write_bytes(path.read_bytes())
             images = data.load_split(templates["cache_config"], "train", progress=False)
@@ -1005,7 +1005,7 @@ def test_cache_whose_key_holds_a_tensor_is_rebuilt(templates, capsys):
 def test_vgg_file_with_a_non_string_key_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1), 0: torch.zeros(1)}, tmp_path / "vgg.pth")
     with pytest.raises(UserError, match="not a VGG16 state dict"):
-        ae.vgg16_features(str(tmp_path / "vgg.pth"))
+        files.vgg16_features(str(tmp_path / "vgg.pth"))
 
 
 def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them(tmp_path, monkeypatch, capsys):

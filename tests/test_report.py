@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 
 import ae
+from lib import training
 from lib import cli
 import eval_curve
 import fit_curve
 import plot
 import report
-from lib.files import UserError
+from lib.files import EVAL_FORMAT, UserError, read_result
 
 T = np.linspace(0.0, 1.0, 11).tolist()
 MODEL = {"arch": "conv-ae-v1", "latent_dim": 8, "width": 4}
@@ -29,14 +30,14 @@ def profile(start: float, end: float, bump: float) -> list[float]:
 
 
 def fake_path(start: float, end: float, bump: float) -> dict:
-    """One path of an evaluation, shaped as eval_curve.py writes it, with summaries from eval_curve.summarize."""
+    """One path of an evaluation, shaped as eval_curve.py writes it, with summaries from training.summarize."""
     dl = [0.0] + [0.1] * (len(T) - 1)
     path = {"dl": dl, "length": sum(dl)}
     for split, scale in (("train", 0.9), ("test", 1.0)):
         for name in ("loss", "mse"):
             path[f"{split}_{name}"] = profile(scale * start, scale * end, bump)
             path[f"{split}_{name}_se"] = [0.001] * len(T)
-    path["summary"] = {name: eval_curve.summarize(path[name], T, dl) for name in eval_curve.METRICS}
+    path["summary"] = {name: training.summarize(path[name], T, dl) for name in training.METRICS}
     return path
 
 
@@ -86,7 +87,7 @@ def make_study(root: Path, curve_bump: float = FLAT, segment_bump: float = BUMP,
 
 
 def evals_of(root: Path) -> list[dict]:
-    return [plot.read_eval(p) for p in sorted((root / "curves").glob("*.eval.json"))]
+    return [read_result(p, (EVAL_FORMAT,)) for p in sorted((root / "curves").glob("*.eval.json"))]
 
 
 def links(text: str) -> list[str]:
@@ -301,9 +302,9 @@ def noisy_path(profile_values: list[float], noise: float, images: int = 200, see
     dl = [0.0] + [0.1] * (len(T) - 1)
     means = per_image.mean(axis=1).tolist()
     path = {"dl": dl, "length": sum(dl)}
-    for name in eval_curve.METRICS:
+    for name in training.METRICS:
         path[name], path[f"{name}_se"] = means, [0.001] * len(T)
-    path["summary"] = {name: eval_curve.summarize(means, T, dl, per_image) for name in eval_curve.METRICS}
+    path["summary"] = {name: training.summarize(means, T, dl, per_image) for name in training.METRICS}
     return path
 
 
@@ -311,7 +312,7 @@ def test_barrier_se_is_the_paired_standard_error_at_the_barrier():
     rng = np.random.default_rng(1)
     per_image = 1.0 + 0.2 * rng.standard_normal((len(T), 50))
     per_image[5] += 0.3  # t = 0.5 stands 0.3 above the rest for every image
-    s = eval_curve.summarize(per_image.mean(axis=1).tolist(), T, [0.0] + [0.1] * 10, per_image)
+    s = training.summarize(per_image.mean(axis=1).tolist(), T, [0.0] + [0.1] * 10, per_image)
     excess = per_image[5] - (0.5 * per_image[0] + 0.5 * per_image[-1])
     assert s["t_barrier"] == 0.5 and s["barrier"] == pytest.approx(excess.mean())
     assert s["barrier_se"] == pytest.approx(excess.std(ddof=1) / np.sqrt(50))
@@ -324,7 +325,7 @@ def test_barrier_se_of_control_variate_estimates_adds_the_estimators_own_error()
     per_image = 1.0 + 0.2 * rng.standard_normal((len(T), 50))
     own = [0.0] * len(T)
     own[5] = 0.004
-    s = eval_curve.summarize(per_image.mean(axis=1).tolist(), T, [0.0] + [0.1] * 10, per_image, population=5000, subset_se=own)
+    s = training.summarize(per_image.mean(axis=1).tolist(), T, [0.0] + [0.1] * 10, per_image, population=5000, subset_se=own)
     i = T.index(s["t_barrier"])
     excess = per_image[i] - ((1 - T[i]) * per_image[0] + T[i] * per_image[-1])
     assert s["barrier_se"] == pytest.approx(np.sqrt(excess.var(ddof=1) / 5000 + own[i] ** 2))
@@ -387,13 +388,13 @@ def fit_history(values: list[float]) -> list[dict]:
 
 def test_convergence_is_judged_on_the_last_quarter_of_epochs():
     still_falling = fit_history([1.0, 0.5, 0.45, 0.42, 0.40, 0.38, 0.36, 0.34, 0.30])  # 8 epochs: last quarter = 2 epochs
-    check = fit_curve.convergence(still_falling)
+    check = training.convergence(still_falling)
     assert check["last_quarter_epochs"] == 2 and check["last_quarter_drop"] == pytest.approx((0.36 - 0.30) / 0.36)
     assert not check["converged"]
     settled = fit_history([1.0, 0.5, 0.45, 0.42, 0.40, 0.38, 0.37, 0.365, 0.36])
-    assert fit_curve.convergence(settled)["converged"]
+    assert training.convergence(settled)["converged"]
     noisy_rise = fit_history([1.0, 0.5, 0.6])  # a rise is not a fall: converged by this test, whatever its noise
-    assert fit_curve.convergence(noisy_rise)["converged"]
+    assert training.convergence(noisy_rise)["converged"]
 
 
 def test_unconverged_fits_are_named_in_the_report(tmp_path):
@@ -401,7 +402,7 @@ def test_unconverged_fits_are_named_in_the_report(tmp_path):
     for i, path in enumerate(sorted((root / "curves").glob("*.eval.json"))):
         e = json.loads(path.read_text())
         history = fit_history([1.0, 0.5, 0.45, 0.40] if i == 0 else [1.0, 0.5, 0.45, 0.448])
-        e["fit"] = {"epochs": 3, "schedule": "ref", "lr": 1e-3, "history": history, **fit_curve.convergence(history)}
+        e["fit"] = {"epochs": 3, "schedule": "ref", "lr": 1e-3, "history": history, **training.convergence(history)}
         path.write_text(json.dumps(e))
     text = report.write_report(root, root / "report.md").read_text()
     assert "**1 of 6 curve fits not converged**" in text and "fell 11.1% over the last 1 epoch(s)" in text

@@ -29,8 +29,8 @@ MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-d
 # Holds the study folder argv[1] locked, as a running study would, until it is killed.
 HOLD_LOCK = """
 import sys, time
-from lib import files
-with files.folder_lock(sys.argv[1]):
+from lib import executors
+with executors.folder_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -209,7 +209,7 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
     parts = [0, 2, 0, 1, 0, 2, 1, 0, 2, 0]  # partition of each image: 0 train, 1 valid, 2 test
     fake_celeba(tmp_path / "celeba", "txt", parts)
     torch.manual_seed(0)
-    torch.save(ae._vgg16_trunk().state_dict(), tmp_path / "vgg16.pth")  # VGG16's features, randomly initialised
+    torch.save(ae.vgg16_trunk().state_dict(), tmp_path / "vgg16.pth")  # VGG16's features, randomly initialised
     folder = tmp_path / "study"
     report = run_study.main([
         "--preset", "full", "--data-root", str(tmp_path / "celeba"), "--vgg-weights", str(tmp_path / "vgg16.pth"),

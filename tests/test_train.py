@@ -8,6 +8,7 @@ from PIL import Image
 
 import ae
 import data
+import run_study
 import train_ae
 from lib import training
 from conftest import killed_after_epoch, tiny_args
@@ -66,7 +67,7 @@ def vgg_file(tmp_path_factory):
 
 
 def test_perceptual_loss_from_file(vgg_file):
-    loss = ae.PerceptualLoss(str(vgg_file))
+    loss = training.make_loss("perceptual", str(vgg_file))
     assert not loss.vgg.training and loss.weights_name == "file:vgg16_test.pth"
     torch.manual_seed(0)
     x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
@@ -93,7 +94,7 @@ def test_perceptual_training_records_its_vgg_weights(tmp_path, vgg_file):
 
 
 def test_random_vgg_is_seeded_and_named():
-    a, b = ae.PerceptualLoss("random"), ae.PerceptualLoss("random")
+    a, b = training.make_loss("perceptual", "random"), training.make_loss("perceptual", "random")
     assert a.weights_name == "random"
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
@@ -106,17 +107,17 @@ def test_imagenet_weights_offline_say_where_to_put_the_file(monkeypatch, tmp_pat
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(UserError, match="vgg16-397923af.pth") as err:
-        ae.PerceptualLoss("imagenet")
+        training.make_loss("perceptual", "imagenet")
     assert str(tmp_path) in str(err.value)
 
 
 def test_missing_vgg_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        ae.PerceptualLoss(str(tmp_path / "nope.pth"))
+        training.make_loss("perceptual", str(tmp_path / "nope.pth"))
 
 
 def test_cached_target_features_give_the_same_losses(vgg_file):
-    loss = ae.PerceptualLoss(str(vgg_file))
+    loss = training.make_loss("perceptual", str(vgg_file))
     torch.manual_seed(0)
     model = ae.AutoEncoder(latent_dim=8, width=4)
     images = (torch.rand(10, 3, 64, 64) * 255).to(torch.uint8)
@@ -129,7 +130,7 @@ def test_cached_target_features_give_the_same_losses(vgg_file):
 
 
 def test_training_from_the_target_feature_cache_follows_the_recomputed_targets(vgg_file, monkeypatch):
-    loss = ae.PerceptualLoss(str(vgg_file), ("relu1_2", "relu2_2"))
+    loss = training.make_loss("perceptual", str(vgg_file), ("relu1_2", "relu2_2"))
     images = (torch.rand(12, 3, 64, 64) * 255).to(torch.uint8)
     cpu = torch.device("cpu")
     cache = training.target_feature_cache(loss, images, batch_size=5, device=cpu)
@@ -142,8 +143,8 @@ def test_training_from_the_target_feature_cache_follows_the_recomputed_targets(v
         torch.manual_seed(0)
         model = ae.AutoEncoder(latent_dim=8, width=4)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        losses[name] = [training.train_epoch(model, images, loss, optimizer, batch_size=4, generator=training.epoch_generator(0, e),
-                                             device=cpu, epoch=e, target_features=targets) for e in range(2)]
+        step = training.Step(training.Objective(loss), optimizer, cpu, 4, target_features=targets)
+        losses[name] = [training.train_epoch(model, images, step, generator=training.epoch_generator(0, e), epoch=e) for e in range(2)]
         weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert losses["cached"] == pytest.approx(losses["recomputed"], rel=1e-4)
     assert torch.allclose(weights["cached"], weights["recomputed"], atol=1e-5)
@@ -177,9 +178,9 @@ def test_schedule_is_applied_at_every_optimiser_step(monkeypatch):
 
     monkeypatch.setattr(optimizer, "step", step)
     images = torch.zeros(40, 3, 64, 64, dtype=torch.uint8)
+    step = training.Step(training.Objective(ae.mse), optimizer, torch.device("cpu"), 8, lr_at=training.schedule_rates("ref", 0.1, 10))
     for epoch in range(2):  # 2 epochs of 5 steps: 10 steps in all
-        training.train_epoch(model, images, ae.mse, optimizer, batch_size=8, generator=torch.Generator().manual_seed(epoch),
-                             device=torch.device("cpu"), epoch=epoch, lr_at=training.epoch_rates("ref", 0.1, epoch, 5, 2))
+        training.train_epoch(model, images, step, generator=torch.Generator().manual_seed(epoch), epoch=epoch)
     assert len(seen) == 10
     assert seen[:6] == [0.1] * 6  # steps 0..5 of 10: alpha <= 0.5
     assert seen[6] > seen[7] > seen[8] and seen[9] == pytest.approx(0.001)  # falling, then 1% from 90% on
@@ -228,9 +229,9 @@ def test_divergence_advice_names_the_base_rate_not_the_scheduled_one():
         return ae.mse(recon, target) * float("nan")
 
     with pytest.raises(UserError, match=r"the learning rate 0.5 is too high .* with --lr 0.05$"):
-        training.train_epoch(model, torch.zeros(8, 3, 64, 64, dtype=torch.uint8), nan_loss, optimizer, batch_size=4,
-                             generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), epoch=0,
+        step = training.Step(training.Objective(nan_loss), optimizer, torch.device("cpu"), 4,
                              lr_at=lambda step: 0.005)  # late in a schedule: the current rate is 1% of --lr
+        training.train_epoch(model, torch.zeros(8, 3, 64, 64, dtype=torch.uint8), step, generator=torch.Generator().manual_seed(0), epoch=0)
 
 
 # ---------------------------------------------------------------- precision
@@ -261,7 +262,7 @@ def test_a_cpu_counts_as_fast_in_bf16_only_when_measured_faster(monkeypatch):
 
 
 def test_each_precision_casts_only_what_it_names(vgg_file):
-    loss = ae.PerceptualLoss(str(vgg_file), ("relu1_2",))
+    loss = training.make_loss("perceptual", str(vgg_file), ("relu1_2",))
     torch.manual_seed(0)
     model = ae.AutoEncoder(latent_dim=8, width=4)
     x = torch.rand(4, 3, 64, 64)
@@ -373,6 +374,6 @@ def test_denoising_and_sparse_training_is_seeded_recorded_and_differs_from_plain
     config = load_ae(tmp_path / "a.pt")[1]["config"]
     assert (config["noise"], config["l1"], ae.group_of(config)) == (0.2, 0.0, "mse+noise=0.2")
     assert ae.group_of({"loss": "mse"}) == "mse"  # a checkpoint written before the flags: noise and l1 are 0
-    assert ae.parse_group("perceptual+noise=0.1+l1=1e-3") == {"loss": "perceptual", "noise": 0.1, "l1": 0.001}
+    assert run_study.parse_group("perceptual+noise=0.1+l1=1e-3") == {"loss": "perceptual", "noise": 0.1, "l1": 0.001}
     with pytest.raises(UserError, match="cannot read the loss group"):
-        ae.parse_group("mse+dropout=0.1")
+        run_study.parse_group("mse+dropout=0.1")
