@@ -224,58 +224,71 @@ def for_group(value, group: str):
     return value[group] if group in value else value[parse_group(group)["loss"]]
 
 
-def group_flags(group: str) -> list:
-    """train_ae.py's flags of a loss group: --loss, and --noise/--l1 only when not 0 (a plain group's argv is unchanged)."""
-    g = parse_group(group)
-    return ["--loss", g["loss"], *(["--noise", g["noise"]] if g["noise"] else []), *(["--l1", g["l1"]] if g["l1"] else [])]
+DATA_FLAGS = [("--dataset", "dataset"), ("--synthetic-size", "synthetic_size"), ("--cache-dir", "cache_dir"),
+              ("--data-root", "data_root"), ("--download", "download"), ("--n-train", "n_train"), ("--n-test", "n_test")]
+SUBSET_FLAGS = [("--bn-images", "bn_images"), ("--train-images", "train_images"), ("--test-images", "test_images")]
+# The one table of what each script's steps are given: (flag, setting). A setting given per loss group (a dict) is
+# resolved for the step's group; True gives the bare flag, False or None no flag, a list its items. Besides the
+# settings, a step knows its own: loss, noise, l1, seed, curve, precision (resolved for the group), vgg (the weights
+# training uses) and vgg_file (the same, for the later steps, only when it is a file: checkpoints name the others).
+# A new flag of a script is one row here and, if the presets set it, one entry in PRESETS.
+FLAGS = {
+    "train_ae": [("--loss", "loss"), ("--noise", "noise"), ("--l1", "l1"), ("--seed", "seed"), *DATA_FLAGS,
+                 ("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"), ("--schedule", "schedule"),
+                 ("--precision", "precision"), ("--latent-dim", "latent_dim"), ("--width", "width"), ("--vgg-weights", "vgg"),
+                 ("--vgg-layers", "vgg_layers"), ("--snapshots", "snapshots"), ("--device", "device")],
+    "fit_curve": [("--curve", "curve"), ("--num-bends", "num_bends"), ("--epochs", "curve_epochs"), ("--lr", "curve_lr"),
+                  ("--schedule", "schedule"), ("--precision", "precision"), ("--batch-size", "batch_size"), ("--seed", "fit_seed"),
+                  ("--bn-images", "bn_images"), ("--vgg-weights", "vgg_file"), ("--device", "device")],
+    "eval_curve": [("--num-points", "num_points"), *SUBSET_FLAGS, ("--estimator", "estimator"), ("--aligned", "aligned"),
+                   ("--probe", "probe"), ("--vgg-weights", "vgg_file"), ("--device", "device")],
+    "plane": [("--grid", "plane_grid"), *SUBSET_FLAGS, ("--vgg-weights", "vgg_file"), ("--device", "device")],
+    "ensemble": [("--k", "ensemble_k"), ("--points", "ensemble_points"), ("--select", "select"), ("--pool-points", "pool_points"),
+                 ("--valid-images", "select_valid_images"), ("--fge-cycles", "fge_cycles"), ("--cycle", "fge_cycle"),
+                 ("--precision", "precision"), ("--no-sse", "no_sse"), ("--bn-images", "bn_images"),
+                 ("--test-images", "test_images"), ("--vgg-weights", "vgg_file"), ("--device", "device")],
+    "function_space": [("--t-points", "function_space_points"), ("--bn-images", "bn_images"), ("--device", "device")],
+}
 
 
-def data_flags(s: dict) -> list[str]:
-    flags = ["--dataset", s["dataset"], "--synthetic-size", s["synthetic_size"], "--cache-dir", s["cache_dir"]]
-    flags += ["--data-root", s["data_root"]] if s["data_root"] else []
-    flags += ["--download"] if s["download"] else []
-    flags += ["--n-train", s["n_train"]] if s["n_train"] else []
-    flags += ["--n-test", s["n_test"]] if s["n_test"] else []
-    return flags
-
-
-def vgg_file_flag(vgg: str) -> list:
-    """--vgg-weights for the steps after training: needed only for a weight file (the checkpoints name the others)."""
-    return ["--vgg-weights", vgg] if vgg not in ("imagenet", "random") else []
-
-
-def subset_flags(s: dict) -> list:
-    """The fixed image subsets every evaluated network is measured on (eval_curve.py and plane.py alike)."""
-    return ["--bn-images", s["bn_images"], "--train-images", s["train_images"], "--test-images", s["test_images"]]
+def flags(script: str, s: dict, group: str, **own) -> list:
+    """The flags of one step of `script` for loss `group`, from FLAGS, the settings `s` and the step's `own` values."""
+    values = {**s, **parse_group(group), "fit_seed": 0, "no_sse": not s["sse"],
+              "pool_points": s["ensemble_points"] if s["select"] else None,
+              "select_valid_images": s["valid_images"] if s["select"] else None,
+              "vgg_file": own["vgg"] if own.get("vgg") not in (None, "imagenet", "random") else None, **own}
+    argv = []
+    for flag, key in FLAGS[script]:
+        value = for_group(values[key], group)
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *value] if value else []
+        elif value is not None and value is not False and not (key in ("noise", "l1") and not value):
+            argv += [flag, value]
+    return argv
 
 
 def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[dict]:
     """Every step of the study in order: name, kind, the script whose main(argv) runs it, argv, output, inputs.
     `auto` precision is resolved for the device `on` (default CPU), so a step's key names what it ran."""
     steps, evals = [], []
-    device = ["--device", s["device"]]
     precision = {group: training.resolve_precision(s["precision"], on or torch.device("cpu"), parse_group(group)["loss"])
                  for group in s["groups"]}
     for loss in s["groups"]:  # a loss group's name (e.g. mse, or mse+noise=0.1): in its file names, and the key of per-group settings
         for seed in s["seeds"]:
             ckpt = out / "ae" / f"{loss}_s{seed}.pt"
-            argv = [*group_flags(loss), "--seed", seed, *data_flags(s), "--epochs", for_group(s["epochs"], loss), "--batch-size", for_group(s["batch_size"], loss),
-                    "--lr", s["lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--latent-dim", s["latent_dim"], "--width", s["width"], "--vgg-weights", vgg,
-                    "--vgg-layers", *s["vgg_layers"], "--snapshots", for_group(s["snapshots"], loss), *device, "--out", ckpt]
+            argv = [*flags("train_ae", s, loss, seed=seed, precision=precision[loss], vgg=vgg), "--out", ckpt]
             steps.append({"name": f"train {loss} seed {seed}", "kind": "train", "script": "train_ae", "argv": argv, "output": ckpt, "inputs": []})
     for loss, curve in itertools.product(s["groups"], s["curves"]):
         for i, j in itertools.combinations(s["seeds"], 2):
             a, b = out / "ae" / f"{loss}_s{i}.pt", out / "ae" / f"{loss}_s{j}.pt"
             ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
-            argv = ["--a", a, "--b", b, "--curve", curve, "--num-bends", s["num_bends"], "--epochs", for_group(s["curve_epochs"], loss),
-                    "--lr", s["curve_lr"], "--schedule", s["schedule"], "--precision", precision[loss], "--batch-size", for_group(s["batch_size"], loss), "--seed", 0, "--bn-images", s["bn_images"],
-                    *vgg_file_flag(vgg), *device, "--out", ckpt]
+            argv = ["--a", a, "--b", b, *flags("fit_curve", s, loss, curve=curve, precision=precision[loss], vgg=vgg), "--out", ckpt]
             steps.append({"name": f"fit {loss} {curve} seeds {i}-{j}", "kind": "fit", "script": "fit_curve", "argv": argv,
                           "output": ckpt, "inputs": [a, b]})
             result = ckpt.with_name(ckpt.stem + ".eval.json")
-            argv = ["--ckpt", ckpt, "--num-points", s["num_points"], *subset_flags(s), "--estimator", s["estimator"], *(["--aligned"] if for_group(s["aligned"], loss) else []),
-                    *(["--probe"] if s["probe"] else []),
-                    *vgg_file_flag(vgg), *device, "--out", result]
+            argv = ["--ckpt", ckpt, *flags("eval_curve", s, loss, vgg=vgg), "--out", result]
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "script": "eval_curve", "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
@@ -288,10 +301,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
         members = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]
         folder = out / "ensembles" / f"{loss}_{curve}"
-        select = ["--select", *s["select"], "--pool-points", s["ensemble_points"], "--valid-images", s["valid_images"]] if s["select"] else []
-        argv = ["--ckpt", ckpt, "--endpoints", *members, "--k", s["ensemble_k"], "--points", s["ensemble_points"], *select,
-                "--fge-cycles", s["fge_cycles"], "--cycle", s["fge_cycle"], "--precision", precision[loss], *([] if s["sse"] else ["--no-sse"]), "--bn-images", s["bn_images"], "--test-images", s["test_images"],
-                *vgg_file_flag(vgg), *device, "--out", folder]
+        argv = ["--ckpt", ckpt, "--endpoints", *members, *flags("ensemble", s, loss, precision=precision[loss], vgg=vgg), "--out", folder]
         steps.append({"name": f"ensembles {loss} {curve}", "kind": "ensemble", "script": "ensemble", "argv": argv,
                       "output": folder / "ensemble.json", "inputs": [ckpt, *members]})
     steps += function_space_steps(s, out, steps)
@@ -339,8 +349,7 @@ def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:
         i, j = s["seeds"][:2]
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt"
         result = ckpt.with_name(ckpt.stem + ".plane.json")
-        argv = ["--ckpt", ckpt, "--grid", for_group(s["plane_grid"], loss), *subset_flags(s), *vgg_file_flag(vgg),
-                "--device", s["device"], "--out", result]
+        argv = ["--ckpt", ckpt, *flags("plane", s, loss, vgg=vgg), "--out", result]
         steps.append({"name": f"plane {loss} {curve} seeds {i}-{j}", "kind": "plane", "script": "plane", "argv": argv,
                       "output": result, "inputs": [ckpt]})
     return steps
@@ -359,8 +368,7 @@ def function_space_steps(s: dict, out: Path, steps: list[dict]) -> list[dict]:
         ensembles = [step["output"] for step in steps if step["kind"] == "ensemble" and step["output"].parent.name == f"{loss}_{s['curves'][0]}"]
         fge = [p.with_name("fge") for p in ensembles]
         folder = out / "function_space" / loss
-        argv = ["--ckpts", *ends, *snapshots, *fge, "--curves", *fits, "--t-points", s["function_space_points"],
-                "--bn-images", s["bn_images"], "--device", s["device"], "--out", folder]
+        argv = ["--ckpts", *ends, *snapshots, *fge, "--curves", *fits, *flags("function_space", s, loss), "--out", folder]
         extra.append({"name": f"function space {loss}", "kind": "function_space", "script": "function_space", "argv": argv,
                       "output": folder / "function_space.json", "inputs": [*ends, *fits, *ensembles]})
     return extra
