@@ -372,7 +372,7 @@ def checks(evals: list[dict]) -> str:
 def under_trained(v: dict) -> str:
     """Whether the group's endpoints look under-trained, the rule of checks(): they do when any of the
     group's curves passes below both of its endpoints near an end (t in the first or last quarter) by
-    more than SIGNIFICANCE standard errors (eval_curve.summarize's `below_ends`), since moving away from a
+    more than SIGNIFICANCE standard errors (lib/training.summarize's `below_ends`), since moving away from a
     converged endpoint should not lower its loss. 'yes' (how many curves, the deepest dip below the better
     endpoint), 'no', or 'not checked' where no curve has per-image losses (no standard errors: below_ends
     cannot be computed; 'no' names how many were checked when only some could be)."""

@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 import ae
 import curves
-import data
 from lib import cli, files
 from data import batch_indices, batches, to_batch
 from lib.files import (CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint, vgg16_features,
@@ -373,8 +372,8 @@ def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable |
     out = {name: [] for name in ("loss", "mse", *(("code_abs", "code_zero") if objective.l1 else ()))}
     for i, x in enumerate(batches(images, batch_size, device=device, memory_format=memory_format)):
         extra = {} if target_features is None or objective.loss_fn is ae.mse else {"target_features": target_features[i]}
-        recon, value, code = forward_loss(model, x, objective, precision, device, kwargs, reduction="none",
-                                                   with_code=True, generator=eval_noise_generator(i * batch_size), **extra)
+        recon, value, code = forward_loss(model, x, objective, precision, device, kwargs, reduction="none", with_code=True,
+                                          generator=eval_noise_generator(i * batch_size), **extra)
         out["loss"].append(value.cpu())
         if objective.noise:  # the reconstruction of the clean image
             with autocast(device, precision == "bf16"):
@@ -501,17 +500,14 @@ def summarize(values: list[float], t: list[float], dl: list[float], per_image: n
 
 
 def target_features(loss_fn, split_images: dict, batch_size: int, device: torch.device) -> dict:
-    """VGG features of the fixed evaluation images, computed once for all t and both paths (the
-    perceptual loss's targets never change), or Nones when they would not fit in memory."""
-    loss_fn = as_objective(loss_fn).loss_fn  # targets are the clean images, whatever the objective
-    if not isinstance(loss_fn, ae.PerceptualLoss):
-        return {split: None for split in split_images}
-    per_image = sum(f.numel() * 4 for f in loss_fn.features(torch.zeros(1, 3, 64, 64, device=device)))
-    if per_image * sum(len(v) for v in split_images.values()) > FEATURE_CACHE_BYTES:
-        return {split: None for split in split_images}
-    with torch.inference_mode():
-        return {split: [loss_fn.features(x) for x in data.batches(images, batch_size, device=device, memory_format=torch.channels_last)]
-                for split, images in split_images.items()}
+    """VGG features of the fixed evaluation images (target_feature_cache, in fp32), cut into the evaluation's batches
+    and computed once for all t and every path (the perceptual loss's targets never change); None per split for
+    another loss, or when they would not fit in memory."""
+    out = {}
+    for split, images in split_images.items():
+        cache = target_feature_cache(loss_fn, images, batch_size=batch_size, device=device)
+        out[split] = None if cache is None else [[f[i:i + batch_size].to(device) for f in cache] for i in range(0, len(images), batch_size)]
+    return out
 
 
 def recompute_bn(net: torch.nn.Module, bn_images: torch.Tensor, noise: float, *, batch_size: int, device: torch.device,
@@ -523,7 +519,7 @@ def recompute_bn(net: torch.nn.Module, bn_images: torch.Tensor, noise: float, *,
     trained endpoint estimate exactly these inputs, so at t = 0 and 1 the recomputation gives back the network as
     trained, and whatever is measured after it (the objective, the MSE of clean images, codes, reconstructions) is
     measured on that network rather than on one normalised for inputs it never saw."""
-    inputs = data.batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
+    inputs = batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
     objective = Objective(ae.mse, noise)  # only its inputs matter here
     curves.update_bn(net, (objective.inputs(x, eval_noise_generator(i * batch_size)) for i, x in enumerate(inputs)), t=t)
 

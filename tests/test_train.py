@@ -377,3 +377,19 @@ def test_denoising_and_sparse_training_is_seeded_recorded_and_differs_from_plain
     assert run_study.parse_group("perceptual+noise=0.1+l1=1e-3") == {"loss": "perceptual", "noise": 0.1, "l1": 0.001}
     with pytest.raises(UserError, match="cannot read the loss group"):
         run_study.parse_group("mse+dropout=0.1")
+
+
+def test_evaluation_targets_cut_into_batches_give_the_losses_of_recomputed_targets(vgg_file):
+    loss = training.make_loss("perceptual", str(vgg_file), ("relu1_2",))
+    images, cpu = data.synthetic_faces(0, 12), torch.device("cpu")
+    torch.manual_seed(0)
+    model = ae.AutoEncoder(latent_dim=8, width=4)
+    features = training.target_features(loss, {"test": images}, 5, cpu)["test"]
+    assert [len(batch[0]) for batch in features] == [5, 5, 2]  # one entry per evaluation batch
+    recomputed = training.per_image_losses(model, images, loss, batch_size=5, device=cpu)["loss"]
+    cached = training.per_image_losses(model, images, loss, batch_size=5, device=cpu, target_features=features)["loss"]
+    assert torch.allclose(cached, recomputed, rtol=1e-5)
+    other = training.target_features(loss, {"test": images.flip(0)}, 5, cpu)["test"]  # another image's targets
+    assert not torch.allclose(training.per_image_losses(model, images, loss, batch_size=5, device=cpu, target_features=other)["loss"],
+                              recomputed, rtol=1e-3)
+    assert training.target_features(ae.mse, {"test": images}, 5, cpu) == {"test": None}
