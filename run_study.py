@@ -34,9 +34,9 @@ from lib import cli, executors, training
 from lib.executors import folder_lock
 from lib.files import STUDY_FORMAT, UserError, ensure_dir, file_sha256, vgg16_features, write_json
 # Every value can be overridden by the flag of the same name. A value given per loss group (a dict)
-# is spent where it buys quality: an MSE image costs about a fifth of a perceptual one (README).
+# is spent where it buys quality: an MSE image costs about a fifth of a perceptual one (docs/performance.md).
 PRESETS = {
-    "quick": {  # built-in synthetic faces, sized for a 2-core CPU (11 min 22 s on this project's machine, see README)
+    "quick": {  # built-in synthetic faces, sized for a 2-core CPU (docs/study.md gives its times)
         "dataset": "synthetic", "data_root": None, "synthetic_size": 2000, "n_train": None, "n_test": 200,
         "width": 16, "latent_dim": 128, "batch_size": {"mse": 32, "perceptual": 16}, "epochs": {"mse": 16, "perceptual": 5},
         "lr": 3e-3, "curve_epochs": {"mse": 16, "perceptual": 3}, "curve_lr": 3e-3, "schedule": "ref", "precision": "auto", "num_points": 31, "estimator": "control-variates", "bn_images": 200,
@@ -178,7 +178,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         raise UserError(f"--seeds has repeats ({settings['seeds']}); give distinct seeds")
     if settings["dataset"] != "synthetic" and not settings["data_root"]:
         raise UserError(f"the {args.preset} preset uses --dataset {settings['dataset']}, which needs --data-root DIR "
-                        f"(see the README for the CelebA layout)")
+                        f"(docs/data.md gives the CelebA layout)")
     return settings
 
 

@@ -59,7 +59,7 @@ BF16_MIN_SPEEDUP = 1.2  # a CPU counts as fast in bf16 when VGG's first-block co
 def bf16_fast(device: torch.device) -> bool:
     """Whether `device` computes bfloat16 natively and fast: a CUDA GPU that supports it, or a CPU with AVX-512 BF16
     or AMX on which a VGG convolution measures faster in bf16 (cpu_bf16_speedup): native support alone does not
-    make it so (README, Performance)."""
+    make it so (docs/performance.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":  # torch.cpu's checks are private: missing ones count as no
@@ -91,7 +91,7 @@ def cpu_bf16_speedup() -> float:
 
 def resolve_precision(precision: str, device: torch.device, loss: str) -> str:
     """`auto` is bf16 for the perceptual loss's VGG where the device computes bf16 natively and fast (its
-    accuracy cost was measured below the spread between seeds, see README), fp32 otherwise."""
+    accuracy cost was measured below the spread between seeds, docs/performance.md), fp32 otherwise."""
     if precision != "auto":
         return precision
     return "bf16-vgg" if loss == "perceptual" and bf16_fast(device) else "fp32"
@@ -396,7 +396,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, loss_fn: Callable, **kwargs
 
 
 ESTIMATORS = ("control-variates", "subset")
-ANCHORS = (0.5,)  # besides the ends; values measured in the README (Performance)
+ANCHORS = (0.5,)  # besides the ends; values measured in docs/experiments.md (control-variate evaluation)
 EVAL_SUBSETS = {"bn_images": 1000, "train_images": 1000, "test_images": 1000}
 
 

@@ -253,7 +253,7 @@ def test_a_cpu_counts_as_fast_in_bf16_only_when_measured_faster(monkeypatch):
     assert speedup > 0 and torch.equal(torch.get_rng_state(), state)  # measuring draws nothing from the seeded stream
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    for measured, fast in ((1.6, True), (0.5, False)):  # e.g. an AMD EPYC; this project's Intel Xeon (README)
+    for measured, fast in ((1.6, True), (0.5, False)):  # e.g. an AMD EPYC; this project's Intel Xeon (docs/performance.md)
         monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: measured)
         assert training.bf16_fast(cpu) is fast
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
