@@ -12,6 +12,7 @@ import torch.nn as nn
 
 
 IMAGE_SIZE = 64
+ARCH = "conv-ae-v1"  # the architecture tag checkpoints record
 LOSSES = ("mse", "perceptual")  # a loss group is one of them, optionally denoising and/or sparse (group_name)
 
 
@@ -57,13 +58,13 @@ class AutoEncoder(nn.Module):
 
 def model_config(model: AutoEncoder) -> dict:
     """The plain-data description needed to rebuild `model`."""
-    return {"arch": "conv-ae-v1", "latent_dim": model.latent_dim, "width": model.width}
+    return {"arch": ARCH, "latent_dim": model.latent_dim, "width": model.width}
 
 
 def build_model(config: dict) -> AutoEncoder:
     """Rebuild an AutoEncoder from `model_config` output."""
-    if config.get("arch") != "conv-ae-v1":
-        raise ValueError(f"unknown architecture {config.get('arch')!r}; this toolkit builds 'conv-ae-v1'")
+    if config.get("arch") != ARCH:
+        raise ValueError(f"unknown architecture {config.get('arch')!r}; this toolkit builds {ARCH!r}")
     return AutoEncoder(latent_dim=int(config["latent_dim"]), width=int(config["width"]))
 
 

@@ -14,7 +14,7 @@ import ae
 import curves
 from lib.files import UserError
 
-ARCH = "conv-ae-v1"
+ARCH = ae.ARCH
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 MAX_ITERATIONS = 100
 
