@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import itertools
 import json
-
 import sys
 from pathlib import Path
 from typing import Callable, Iterator

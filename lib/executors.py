@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from lib.files import UserError, _remove, ensure_dir
+from lib.files import UserError, ensure_dir
 
 try:
     import fcntl
@@ -183,7 +183,8 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         yield path
     finally:
         if fd is not None:
-            _remove(path)  # while still holding it: see _acquire
+            with contextlib.suppress(OSError):  # while still holding it: see _acquire
+                path.unlink()
             os.close(fd)
         for p in created:
             try:
