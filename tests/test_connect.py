@@ -320,17 +320,38 @@ def test_control_variate_mean_is_exact_when_the_controls_explain_everything():
     assert full["estimate"] == pytest.approx(y.mean(), rel=1e-12) and full["se_subset"] == 0
 
 
-def test_control_variate_standard_error_is_honest():
+@pytest.mark.parametrize("n, big_n", [(200, 2000), (200, 400)])  # a tenth of the split, and half: (1 - n/N) matters there
+def test_control_variate_standard_error_is_honest(n, big_n):
     # over many splits, the estimate's error against each split's own mean is standard normal in units of se_subset
     rng = np.random.default_rng(1)
     z, plain, corrected = [], [], []
     for _ in range(600):
-        difficulty = rng.gamma(2.0, 1.0, size=2000)
-        controls = np.stack([difficulty * (1 + 0.1 * rng.standard_normal(2000)) for _ in range(2)], axis=1)
-        y = difficulty * (1.5 + 0.3 * rng.standard_normal(2000))
-        fit = training.control_variate_mean(y[:200], controls)
+        difficulty = rng.gamma(2.0, 1.0, size=big_n)
+        controls = np.stack([difficulty * (1 + 0.1 * rng.standard_normal(big_n)) for _ in range(2)], axis=1)
+        y = difficulty * (1.5 + 0.3 * rng.standard_normal(big_n))
+        fit = training.control_variate_mean(y[:n], controls)
         z.append((fit["estimate"] - y.mean()) / fit["se_subset"])
-        plain.append(y[:200].mean() - y.mean())
+        plain.append(y[:n].mean() - y.mean())
         corrected.append(fit["estimate"] - y.mean())
     assert abs(np.mean(z)) < 0.15 and 0.9 < np.std(z) < 1.1
     assert np.std(corrected) < 0.5 * np.std(plain)  # the controls remove most of the subset's error
+
+
+def test_control_variate_standard_errors_follow_the_regression_estimators_formula():
+    # y is a known linear function of the controls plus residuals e made orthogonal to [1, controls] on the subset,
+    # so the least-squares fit recovers exactly e: the estimate is then exact for the controls' part and Cochran's
+    # variance of the regression estimator, (1 - n/N) * sum(e^2) / (n - K - 1) / n, can be written from e alone
+    rng = np.random.default_rng(3)
+    big_n, n, k = 600, 300, 2  # half the split: the finite-population factor halves the variance
+    controls = rng.gamma(2.0, 1.0, size=(big_n, k))
+    design = np.column_stack([np.ones(n), controls[:n]])
+    e = rng.standard_normal(n)
+    e -= design @ np.linalg.lstsq(design, e, rcond=None)[0]  # project out the intercept and the controls
+    assert abs(e.mean()) < 1e-12 and np.abs(controls[:n].T @ e).max() < 1e-9
+    y = 0.7 + controls[:n] @ np.array([0.4, -1.1]) + e
+    fit = training.control_variate_mean(y, controls)
+    assert fit["estimate"] == pytest.approx(0.7 + controls.mean(axis=0) @ np.array([0.4, -1.1]), rel=1e-10)
+    residual_var = (e ** 2).sum() / (n - k - 1)
+    assert fit["se_subset"] == pytest.approx(np.sqrt(residual_var / n * (1 - n / big_n)), rel=1e-9)
+    assert fit["se"] == pytest.approx(np.sqrt(y.var(ddof=1) / big_n + residual_var / n * (1 - n / big_n)), rel=1e-9)
+    assert fit["r2"] == pytest.approx(1 - (e ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-9)
