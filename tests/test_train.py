@@ -139,7 +139,10 @@ def test_training_from_the_target_feature_cache_follows_the_recomputed_targets(v
     assert [tuple(f.shape) for f in cache] == [(12, 64, 64, 64), (12, 128, 32, 32)]
     assert all(torch.allclose(c[7:8], f, rtol=1e-4, atol=1e-5) for c, f in zip(cache, own))
     losses, weights = {}, {}
-    for name, targets in (("recomputed", None), ("cached", cache)):
+    # wrong targets: every feature map doubled (another image's features would not do here: to a random VGG these
+    # noise images look alike, and training on them moved the first epoch's loss by 1e-4 only)
+    wrong = [2 * f for f in cache]
+    for name, targets in (("recomputed", None), ("cached", cache), ("wrong", wrong)):
         torch.manual_seed(0)
         model = ae.AutoEncoder(latent_dim=8, width=4)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -148,6 +151,9 @@ def test_training_from_the_target_feature_cache_follows_the_recomputed_targets(v
         weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert losses["cached"] == pytest.approx(losses["recomputed"], rel=1e-4)
     assert torch.allclose(weights["cached"], weights["recomputed"], atol=1e-5)
+    # the cache is what training uses: wrong targets in it change the losses and the weights
+    assert losses["wrong"][0] != pytest.approx(losses["recomputed"][0], rel=1e-2)
+    assert not torch.allclose(weights["wrong"], weights["recomputed"], atol=1e-4)
     assert training.target_feature_cache(ae.mse, images, batch_size=5, device=cpu) is None  # MSE has no targets to cache
     monkeypatch.setattr(training, "FEATURE_CACHE_BYTES", 11 * (64 * 64 * 64 + 128 * 32 * 32) * 4)  # room for 11 of 12
     assert training.target_feature_cache(loss, images, batch_size=5, device=cpu) is None
