@@ -321,15 +321,22 @@ def test_barrier_se_is_the_paired_standard_error_at_the_barrier():
 
 def test_barrier_se_of_control_variate_estimates_adds_the_estimators_own_error():
     # per-image values of 50 subset images standing for a split of 5,000; the point at t = 0.5 carries its own error
+    # (0 at the ends, which are anchors; a different one at each point between, so the wrong point's would show)
     rng = np.random.default_rng(2)
     per_image = 1.0 + 0.2 * rng.standard_normal((len(T), 50))
-    own = [0.0] * len(T)
-    own[5] = 0.004
-    s = training.summarize(per_image.mean(axis=1).tolist(), T, [0.0] + [0.1] * 10, per_image, population=5000, subset_se=own)
-    i = T.index(s["t_barrier"])
-    excess = per_image[i] - ((1 - T[i]) * per_image[0] + T[i] * per_image[-1])
-    assert s["barrier_se"] == pytest.approx(np.sqrt(excess.var(ddof=1) / 5000 + own[i] ** 2))
+    per_image[5] += 0.3  # the barrier, and the highest point, at t = 0.5
+    own = [0.0] + [0.0005 * (4 + k) for k in range(1, 10)] + [0.0]
+    means = per_image.mean(axis=1)
+    s = training.summarize(means.tolist(), T, [0.0] + [0.1] * 10, per_image, population=5000, subset_se=own)
+    assert s["t_barrier"] == 0.5 and int(np.argmax(means)) == 5
+    excess = per_image[5] - (0.5 * per_image[0] + 0.5 * per_image[-1])
+    sampling = excess.var(ddof=1) / 5000  # the split's own sampling error, about as large as the estimator's here
+    assert own[5] ** 2 > 0.5 * sampling
+    assert s["barrier_se"] == pytest.approx(np.sqrt(sampling + own[5] ** 2))
     assert s["barrier_se"] < excess.std(ddof=1) / np.sqrt(50)  # far better known than from the 50 images alone
+    worse = 0 if means[0] >= means[-1] else -1
+    diff = per_image[5] - per_image[worse]
+    assert s["excess_se"] == pytest.approx(np.sqrt(diff.var(ddof=1) / 5000 + own[5] ** 2) / means[worse])
 
 
 @pytest.mark.parametrize("noise, barrier", [(0.02, True), (3.0, False)])
