@@ -28,7 +28,7 @@ import data
 import eval_curve
 import fit_curve
 import plane
-from lib import training
+from lib import images as image_files, training
 from lib.files import UserError, write_json
 
 
@@ -272,7 +272,7 @@ def bench_data(args, device, train_rate: float) -> dict:
             path = Path(tmp) / f"{i:06d}.jpg"
             Image.fromarray(img.permute(1, 2, 0).numpy()).resize((178, 218)).save(path, quality=90)
             paths.append(path)
-        decode = median_seconds(lambda: [data.decode_image(p, data.CELEBA_CROP) for p in paths], max(1, args.repeats // 2))
+        decode = median_seconds(lambda: [image_files.decode_image(p, image_files.CELEBA_CROP) for p in paths], max(1, args.repeats // 2))
     cache_rate, jpeg_rate = len(images) / cached, len(paths) / decode
     return {"cache_images_per_s": cache_rate, "jpeg_images_per_s": jpeg_rate, "cache_over_jpeg": cache_rate / jpeg_rate,
             "training_images_per_s": train_rate, "cache_over_training": cache_rate / train_rate,
@@ -340,6 +340,8 @@ def bench_study(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.eval_points % 2 == 0:
+        raise UserError(f"--eval-points must be odd, so that the segment's middle t = 0.5 is among them; got {args.eval_points}")
     device = cli.pick_device(args.device)
     torch.manual_seed(0)
     results = {"machine": {"device": str(device), "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

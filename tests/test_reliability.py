@@ -1033,3 +1033,14 @@ def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them
     with pytest.raises(UserError, match=r"--strict: 2 figure\(s\) missed their target: 1\. curve step / plain step; 5\. perceptual step"):
         bench.main(["--out", str(out), "--strict"])
     assert json.loads(out.read_text())["curve_overhead"]["ratio"] == 1.2  # written before exiting
+
+
+def test_bench_data_figure_decodes_real_jpeg_files():
+    # the one bench figure cheap enough to run for real (its fakes in the test above never touch the decoder)
+    import argparse
+
+    import bench
+
+    r = bench.bench_data(argparse.Namespace(batch_size=128, repeats=1), torch.device("cpu"), train_rate=100.0)
+    assert r["jpeg_images_per_s"] > 0 and r["cache_over_jpeg"] > 1  # reading the uint8 cache beats decoding JPEGs
+    assert r["cache_over_training"] == pytest.approx(r["cache_images_per_s"] / 100.0)
