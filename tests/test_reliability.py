@@ -1044,3 +1044,19 @@ def test_bench_data_figure_decodes_real_jpeg_files():
     r = bench.bench_data(argparse.Namespace(batch_size=128, repeats=1), torch.device("cpu"), train_rate=100.0)
     assert r["jpeg_images_per_s"] > 0 and r["cache_over_jpeg"] > 1  # reading the uint8 cache beats decoding JPEGs
     assert r["cache_over_training"] == pytest.approx(r["cache_images_per_s"] / 100.0)
+
+
+def test_bench_names_the_machine_its_figures_come_from(monkeypatch):
+    import bench
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 3.0)  # as measured on a CPU where bf16 is fast
+    for amx, avx512_bf16, perceptual in ((True, False, "bf16-vgg"), (False, True, "bf16-vgg"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        m = bench.machine(cpu)
+        assert (m["amx"], m["avx512_bf16"]) == (amx, avx512_bf16)
+        assert m["auto_precision"] == {"mse": "fp32", "perceptual": perceptual}  # what `auto` resolves to on such a CPU
+        line = bench.machine_line(m)
+        assert f"AMX {'yes' if amx else 'no'}" in line and f"AVX-512 BF16 {'yes' if avx512_bf16 else 'no'}" in line
+        assert f"perceptual {perceptual}" in line and ("3.00x" in line) == (amx or avx512_bf16)
