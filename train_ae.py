@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -59,27 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def default_out(group: str, seed: int) -> Path:
     return Path("runs/ae") / f"{group}_s{seed}.pt"
-
-
-def snapshot_steps(per_epoch: int, n: int) -> list[int]:
-    """After how many of an epoch's `per_epoch` optimiser steps its `n` snapshots are taken: floor(k P / n), k = 1..n."""
-    return [k * per_epoch // n for k in range(1, n + 1)]
-
-
-def snapshot_hook(folder: Path | None, model: torch.nn.Module, run_config: dict, out: Path, epoch: int, per_epoch: int,
-                  n: int) -> Callable[[int], None] | None:
-    """train_epoch's `after_step` that writes epoch `epoch`'s (0-based) snapshots into `folder`; None when n is 0."""
-    if n == 0:
-        return None
-    due = set(snapshot_steps(per_epoch, n))
-
-    def after_step(step: int) -> None:
-        if step + 1 in due:
-            done = epoch * per_epoch + step + 1  # optimiser steps since the start of training
-            where = {"epoch": done / per_epoch, "step": done, "of": str(out)}
-            save_ae(folder / f"step{done:06d}.pt", model, {**run_config, "snapshot": where}, {"epoch": where["epoch"], "step": done})
-
-    return after_step
 
 
 def save_reconstructions(path: Path, model: torch.nn.Module, images: torch.Tensor, device: torch.device, n: int = 8) -> None:
@@ -135,12 +113,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--snapshots {args.snapshots} is more than the {per_epoch} optimiser steps of an epoch; "
                         f"use at most {per_epoch}")
     snapshot_dir = ensure_dir(out.with_suffix(".snapshots")) if args.snapshots else None
+    snapshots = cli.optional("snapshots", "--snapshots") if args.snapshots else None
     targets = training.target_feature_cache(objective, train_images, batch_size=args.eval_batch_size, device=device, precision=precision)
     step = training.Step(objective, optimizer, device, args.batch_size, precision, target_features=targets,
                          lr_at=training.schedule_rates(args.schedule, args.lr, per_epoch * args.epochs))
     for epoch in range(start, args.epochs):
         t0 = time.time()
-        snapshot = snapshot_hook(snapshot_dir, model, run_config, out, epoch, per_epoch, args.snapshots)
+        snapshot = snapshots and snapshots.hook(snapshot_dir, model, run_config, out, epoch, per_epoch, args.snapshots)
         train_loss = training.train_epoch(model, train_images, step, generator=training.epoch_generator(args.seed, epoch),
                                           epoch=epoch, after_step=snapshot)
         test = training.evaluate(model, test_images, **evaluate)
@@ -161,8 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics["test_perceptual"] = final_test["loss"]
     # the checkpoint is written last: its presence means the run (and its JSON and PNG) is complete
     save_reconstructions(out.with_suffix(".png"), model, test_images, device)
-    snapshots = {"snapshots": {"folder": str(snapshot_dir), "per_epoch": args.snapshots}} if args.snapshots else {}
-    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": run_config, **metrics, **snapshots})
+    kept = {"snapshots": {"folder": str(snapshot_dir), "per_epoch": args.snapshots}} if args.snapshots else {}
+    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": run_config, **metrics, **kept})
     save_ae(out, model, run_config, {**metrics, "history": training.without_timing(history)})
     resume_file.unlink(missing_ok=True)
     print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}: test {group} {final_test['loss']:.5f}, "

@@ -10,7 +10,7 @@ import ae
 import data
 import run_study
 import train_ae
-from lib import training
+from lib import snapshots, training
 from conftest import killed_after_epoch, tiny_args
 from lib.files import UserError, load_ae
 
@@ -318,7 +318,7 @@ def test_snapshots_land_evenly_per_epoch_and_change_nothing(tmp_path):
     train_ae.main([*flags, "--out", str(tmp_path / "plain.pt")])
     out = tmp_path / "snap.pt"
     train_ae.main([*flags, "--out", str(out), "--snapshots", "3"])
-    assert train_ae.snapshot_steps(4, 3) == [1, 2, 4] and train_ae.snapshot_steps(4, 4) == [1, 2, 3, 4]
+    assert snapshots.steps(4, 3) == [1, 2, 4] and snapshots.steps(4, 4) == [1, 2, 3, 4]
     folder = tmp_path / "snap.snapshots"
     assert sorted(p.name for p in folder.iterdir()) == [f"step{s:06d}.pt" for s in (1, 2, 4, 5, 6, 8)]
     # snapshots change nothing: the final checkpoint is the same, byte for byte

@@ -1,0 +1,31 @@
+"""train_ae.py --snapshots N: N autoencoder checkpoints per epoch, after optimiser steps floor(k P / N), k = 1..N,
+of the epoch's P steps (the last at its end), for function_space.py. Imported only with that flag."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lib.files import save_ae
+
+
+def steps(per_epoch: int, n: int) -> list[int]:
+    """After how many of an epoch's `per_epoch` optimiser steps its `n` snapshots are taken: floor(k P / n), k = 1..n."""
+    return [k * per_epoch // n for k in range(1, n + 1)]
+
+
+def hook(folder: Path | None, model: torch.nn.Module, run_config: dict, out: Path, epoch: int, per_epoch: int,
+                  n: int) -> Callable[[int], None] | None:
+    """train_epoch's `after_step` that writes epoch `epoch`'s (0-based) snapshots into `folder`; None when n is 0."""
+    if n == 0:
+        return None
+    due = set(steps(per_epoch, n))
+
+    def after_step(step: int) -> None:
+        if step + 1 in due:
+            done = epoch * per_epoch + step + 1  # optimiser steps since the start of training
+            where = {"epoch": done / per_epoch, "step": done, "of": str(out)}
+            save_ae(folder / f"step{done:06d}.pt", model, {**run_config, "snapshot": where}, {"epoch": where["epoch"], "step": done})
+
+    return after_step
