@@ -47,7 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-t", type=cli.unit_float, nargs="+", default=[], metavar="T",
                    help="also save the network at these t (BatchNorm recomputed) as autoencoder checkpoints <out>.t<T>.pt, usable like any endpoint")
     p.add_argument("--aligned", action="store_true",
-                   help="also evaluate the aligned segment: from A to B with B's units permuted to match A's (weight matching, align.py)")
+                   help="also evaluate the aligned segment: from A to B with B's units permuted to match A's (lib/align.py)")
+    p.add_argument("--align", default=cli.ALIGN_METHODS[0], choices=cli.ALIGN_METHODS,
+                   help="--aligned: match B's units to A's by the correlation of their activations on the --bn-images training "
+                        "images, or by their weights")
     p.add_argument("--probe", action="store_true",
                    help="also fit linear probes of the 128-d code to the images' attributes at --probe-t on every path (synthetic "
                         "faces: their generator's attributes; CelebA: list_attr_celeba; folders: none, skipped with a note), and "
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     recon = {}
     paths = {"curve": net, "segment": segment_of(net)}
     if args.aligned:
-        paths["aligned_segment"] = cli.optional("align", "--aligned").aligned_segment(net)
+        paths["aligned_segment"] = cli.optional("align", "--aligned").aligned_segment(
+            net, method=args.align, images=bn_images, noise=loss_fn.noise, batch_size=args.eval_batch_size, device=device)
         result["alignment"] = paths["aligned_segment"].alignment
     if args.probe:
         result["probe"] = cli.optional("probe", "--probe").run_probes(args, data_cfg, paths, train_images, test_images, bn_images,

@@ -32,8 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--b", required=True, help="endpoint checkpoint at t=1, trained with the same loss and architecture")
     p.add_argument("--curve", default="bezier", choices=curves.CURVES, help="the curve's shape: a Bezier curve or a PolyChain through the bends")
     p.add_argument("--aligned", action="store_true",
-                   help="fit the curve between A and B with B's units permuted to match A's (weight matching, align.py; "
-                        "B computes the same function); recorded in the curve's config")
+                   help="fit the curve between A and B with B's units permuted to match A's (lib/align.py; B computes the same "
+                        "function); recorded in the curve's config")
+    p.add_argument("--align", default=cli.ALIGN_METHODS[0], choices=cli.ALIGN_METHODS,
+                   help="--aligned: match B's units to A's by the correlation of their activations on the --bn-images training "
+                        "images, or by their weights")
     p.add_argument("--num-bends", type=cli.at_least_two, default=3, help="bends including both endpoints")
     p.add_argument("--epochs", type=cli.positive_int, default=20, help="the curve has more to learn than an endpoint: twice train_ae.py's default")
     p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate of the free bends (the schedule's base rate)")
@@ -55,14 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256, help="images per forward pass in the t=0.5 check")
     cli.add_device_arg(p)
     p.add_argument("--out", default=None, help=f"curve checkpoint (default: {CURVE_DIR}/<a>-<b>-<curve>.pt, with -arclength before .pt "
-                                                f"for --objective arclength and -aligned for --aligned)")
+                                                f"for --objective arclength, -aligned for --aligned, -aligned-weights with --align weights)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last completed epoch")
     return p.parse_args(argv)
 
 
-def default_out(a: str, b: str, curve: str, aligned: bool = False, objective: str = "uniform") -> Path:
-    """Each kind of fit its own file, so that one never overwrites another: <a>-<b>-<curve>[-arclength][-aligned].pt."""
+def default_out(a: str, b: str, curve: str, aligned: bool = False, objective: str = "uniform", align: str = cli.ALIGN_METHODS[0]) -> Path:
+    """Each kind of fit its own file, so that one never overwrites another: <a>-<b>-<curve>[-arclength][-aligned[-weights]].pt."""
     suffix = ("-arclength" if objective == "arclength" else "") + ("-aligned" if aligned else "")
+    suffix += f"-{align}" if aligned and align != cli.ALIGN_METHODS[0] else ""
     return CURVE_DIR / f"{Path(a).stem}-{Path(b).stem}-{curve}{suffix}.pt"
 
 
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=cfg_a.get("data"))
     if cfg_a.get("data") != cfg_b.get("data"):
         print("warning: the endpoints were trained on different data settings; using those of --a unless flags say otherwise")
-    out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve, args.aligned, args.objective)
+    out = Path(args.out) if args.out else default_out(args.a, args.b, args.curve, args.aligned, args.objective, args.align)
     ensure_dir(out.parent)
     resume_file = training.resume_path(out)
     if args.resume and out.exists() and not resume_file.exists():
@@ -102,10 +106,12 @@ def main(argv: list[str] | None = None) -> dict:
     group = ae.group_of(cfg_a)
     alignment = {}  # what the config records of it
     if args.aligned:
-        aligned, info = cli.optional("align", "--aligned").align(model_a.state_dict(), model_b.state_dict(), cfg_a["model"])
+        aligned, info = cli.optional("align", "--aligned").align(model_a.state_dict(), model_b.state_dict(), cfg_a["model"],
+                                                                 method=args.align, images=bn_images, noise=objective.noise,
+                                                                 batch_size=args.eval_batch_size, device=device)
         model_b.load_state_dict(aligned)
         alignment = {"aligned": True, "alignment": info}
-        print(f"aligned B to A by weight matching: ||A - B|| {info['distance_before']:.4g} -> "
+        print(f"aligned B to A by {info['method']}: ||A - B|| {info['distance_before']:.4g} -> "
               f"{info['distance_after']:.4g} ({info['units_moved']} of {info['units']} units moved)")
     net = build_curve(model_a, model_b, args.curve, args.num_bends).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.free_parameters(), lr=args.lr, weight_decay=args.wd)

@@ -209,8 +209,14 @@ def pair_numbers(result: dict) -> dict:
             "segment_barrier": segment["barrier_rel"], "segment_barrier_se": segment.get("barrier_rel_se"),
             "has_barrier": has_barrier(segment, curve_barrier), "aligned_barrier": aligned and aligned["barrier_rel"],
             "aligned_barrier_se": aligned and aligned.get("barrier_rel_se"), "aligned_has_barrier": aligned and has_barrier(aligned, curve_barrier),
+            "aligned_by": aligned and alignment_method(result),
             "converged": fit.get("converged"), "last_quarter_drop": fit.get("last_quarter_drop"),
             "last_quarter_epochs": fit.get("last_quarter_epochs"), "below_ends": curve.get("below_ends")}
+
+
+def alignment_method(result: dict) -> str:
+    """How an evaluation's aligned segment matched B's units to A's (files written before --align: weight matching)."""
+    return (result.get("alignment") or {}).get("method") or "weight matching"
 
 
 def mean_se(ses: list[float | None]) -> float | None:
@@ -252,7 +258,8 @@ def alignment_sentence(v: dict) -> str:
     removed = lambda seg, al: pct(1 - al / seg) if seg > 0 else "n/a"  # noqa: E731
     per_pair = ", ".join(f"{p['pair']} {removed(p['segment_barrier'], p['aligned_barrier'])}" for p in pairs)
     barred = sum(p["aligned_has_barrier"] for p in pairs)
-    return (f"*Alignment, {v['group']} group:* with B's units permuted to match A's (weight matching) the straight segment's "
+    methods = " and ".join(sorted({p["aligned_by"] for p in pairs}))
+    return (f"*Alignment, {v['group']} group:* with B's units permuted to match A's ({methods}) the straight segment's "
             f"relative test barrier is {with_se(aligned, v['mean_aligned_barrier_se'], True)} on average "
             f"instead of {with_se(segment, mean_se([p['segment_barrier_se'] for p in pairs]), True)}, so alignment removes "
             f"{removed(segment, aligned)} of the segment's barrier (per pair: {per_pair}); the aligned segment still has a "
@@ -522,7 +529,8 @@ def curves_section(evals: list[dict]) -> str:
     header += ["aligned segment barrier"] if aligned else []
     text = ["## Curves", "", "Loss at the ends and along each path; barrier = largest excess over the straight line between the end values "
             "(relative to their mean), ± its standard error over images (paired: the same images at every t)."]
-    text[-1] += (" Aligned segment: from A to B with B's units permuted to match A's (weight matching, align.py), "
+    methods = " and ".join(sorted({alignment_method(e) for e in evals if "aligned_segment" in e["paths"]}))
+    text[-1] += (f" Aligned segment: from A to B with B's units permuted to match A's ({methods}, lib/align.py), "
                  "which changes no network's function.") if aligned else ""
     for split in ("train", "test"):
         rows = []
@@ -636,7 +644,7 @@ def aligned_curves_section(evals: list[dict], aligned: list[dict]) -> str:
                              f"{h1[0]['test_loss_t05']:.4g} instead of {h0[0]['test_loss_t05']:.4g} and ends at {h1[-1]['test_loss_t05']:.4g} "
                              f"instead of {h0[-1]['test_loss_t05']:.4g}; its curve's max test loss is {c1['max'] / c0['max']:.3f}× the plain curve's.")
     text = ["## Aligned curves", "", "The same pair fitted twice: between A and B, and between A and B with its units permuted to "
-            "match A's (weight matching, `fit_curve.py --aligned`), so the second curve only has to do what alignment cannot.", "",
+            "match A's (`fit_curve.py --aligned`), so the second curve only has to do what alignment cannot.", "",
             table(header, rows), "", *sentences]
     return "\n".join(text) + "\n"
 

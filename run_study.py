@@ -46,7 +46,7 @@ PRESETS = {
         "snapshots": {"mse": 1, "perceptual": 2}, "function_space_points": 11,  # per epoch; values of t per curve and segment
         "probe": True,
         "arclength": {"mse": True, "perceptual": False}, "aligned_curves": False,
-        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False},
+        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False}, "align": "activations",
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
     },
     "full": {  # CelebA at 64x64, meant for one GPU
@@ -59,7 +59,7 @@ PRESETS = {
         "snapshots": 1, "function_space_points": 21,
         "probe": True,
         "arclength": True, "aligned_curves": True,
-        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True,
+        "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True, "align": "activations",
         "plane_grid": 21,
     },
 }
@@ -139,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aligned", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "aligned", "also evaluate the aligned segment (B's units permuted to match A's, eval_curve.py --aligned); "
                    "--aligned or --no-aligned sets it for every group"))
+    p.add_argument("--align", choices=cli.ALIGN_METHODS, default=None, help=preset_help(
+        "align", "how the aligned segments and aligned curves match B's units to A's (eval_curve.py --align)"))
     cli.add_device_arg(p)
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local (default): the steps one after another in this process, stopping at the first failure; "
@@ -241,7 +243,7 @@ FLAGS = {
                   ("--schedule", "schedule"), ("--precision", "precision"), ("--batch-size", "batch_size"), ("--seed", "fit_seed"),
                   ("--bn-images", "bn_images"), ("--vgg-weights", "vgg_file"), ("--device", "device")],
     "eval_curve": [("--num-points", "num_points"), *SUBSET_FLAGS, ("--estimator", "estimator"), ("--aligned", "aligned"),
-                   ("--probe", "probe"), ("--vgg-weights", "vgg_file"), ("--device", "device")],
+                   ("--align", "align_if_aligned"), ("--probe", "probe"), ("--vgg-weights", "vgg_file"), ("--device", "device")],
     "plane": [("--grid", "plane_grid"), *SUBSET_FLAGS, ("--vgg-weights", "vgg_file"), ("--device", "device")],
     "ensemble": [("--k", "ensemble_k"), ("--points", "ensemble_points"), ("--select", "select"), ("--pool-points", "pool_points"),
                  ("--valid-images", "select_valid_images"), ("--fge-cycles", "fge_cycles"), ("--cycle", "fge_cycle"),
@@ -257,6 +259,7 @@ def flags(script: str, s: dict, group: str, **own) -> list:
               "pool_points": s["ensemble_points"] if s["select"] else None,
               "select_valid_images": s["valid_images"] if s["select"] else None,
               "vgg_file": own["vgg"] if own.get("vgg") not in (None, "imagenet", "random") else None, **own}
+    values["align_if_aligned"] = values["align"] if for_group(values["aligned"], group) else None
     argv = []
     for flag, key in FLAGS[script]:
         value = for_group(values[key], group)
@@ -292,7 +295,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "script": "eval_curve", "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
-    steps += variant_steps(s, out, steps, evals)
+    steps += variant_steps(s, out, steps, evals, vgg)
     planes = plane_steps(s, out, vgg)
     steps += planes
     ensemble_losses = [g for g in s["groups"] if g in s["ensemble_losses"]] if s["ensembles"] else []  # plain groups only
@@ -319,21 +322,21 @@ VARIANTS = {"arclength": (["--objective", "arclength"], "arclength", "arc-length
             "aligned_curves": (["--aligned"], "aligned", "curve to B aligned to A")}
 
 
-def variant_steps(s: dict, out: Path, steps: list[dict], evals: list[dict]) -> list[dict]:
+def variant_steps(s: dict, out: Path, steps: list[dict], evals: list[dict], vgg: str) -> list[dict]:
     """The fit and evaluation of every VARIANTS setting that is on for a group, on its first pair,
     with the plain fit's and evaluation's flags; evaluations of kind 'eval-<setting>'."""
     extra = []
-    for (setting, (flags, suffix, what)), loss, curve in itertools.product(VARIANTS.items(), s["groups"], s["curves"]):
+    for (setting, (variant_flags, suffix, what)), loss, curve in itertools.product(VARIANTS.items(), s["groups"], s["curves"]):
         if not for_group(s[setting], loss):
             continue
         i, j = s["seeds"][:2]
         plain = next(step for step in steps if step["output"] == out / "curves" / f"{loss}_s{i}-s{j}-{curve}.pt")
         ckpt = out / "curves" / f"{loss}_s{i}-s{j}-{curve}-{suffix}.pt"
+        extra_flags = [*variant_flags, "--align", s["align"]] if setting == "aligned_curves" else variant_flags
         extra.append({"name": f"fit {loss} {curve} seeds {i}-{j} ({what})", "kind": "fit", "script": "fit_curve",
-                      "argv": [*plain["argv"][:-2], *flags, "--out", ckpt], "output": ckpt, "inputs": plain["inputs"]})  # argv ends --out CKPT
-        evaluation = next(step for step in evals if step["inputs"] == [plain["output"]])
+                      "argv": [*plain["argv"][:-2], *extra_flags, "--out", ckpt], "output": ckpt, "inputs": plain["inputs"]})  # argv ends --out CKPT
         result = ckpt.with_name(ckpt.stem + ".eval.json")
-        argv = ["--ckpt", ckpt, *(x for x in evaluation["argv"][2:-2] if x != "--aligned"), "--out", result]  # --ckpt C ... --out R
+        argv = ["--ckpt", ckpt, *flags("eval_curve", s, loss, vgg=vgg, aligned=False), "--out", result]
         extra.append({"name": f"eval {loss} {curve} seeds {i}-{j} ({what})", "kind": f"eval-{setting}", "script": "eval_curve",
                       "argv": argv, "output": result, "inputs": [ckpt]})
     return extra

@@ -1,22 +1,32 @@
-"""Permutation alignment of two autoencoders (weight matching; Ainsworth et al. 2023, "Git Re-Basin").
+"""Permutation alignment of two autoencoders (Ainsworth et al. 2023, "Git Re-Basin"): weight matching or
+activation matching.
 
-Hidden units can be reordered without changing what a network computes. `align` reorders B's
-units to bring its weights as close as possible to A's, so that the straight segment between A
-and the aligned B (`aligned_segment`) measures the barrier that permutation symmetry cannot
-explain (Entezari et al. 2022). Knows the architecture 'conv-ae-v1' of ae.py only.
+Hidden units can be reordered without changing what a network computes. `align` reorders B's units to match
+A's, so that the straight segment between A and the aligned B (`aligned_segment`) measures the barrier that
+permutation symmetry cannot explain (Entezari et al. 2022). Weight matching brings B's weights as close as
+possible to A's; activation matching pairs each of A's units with the unit of B whose activations over a fixed
+set of training images correlate best with it (one assignment per permutable group), as REPAIR (Jordan et al.
+2023) aligns too. Knows the architecture 'conv-ae-v1' of ae.py only.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 import ae
 import curves
+import data
+from lib import cli, training
 from lib.files import UserError
 
 ARCH = ae.ARCH
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 MAX_ITERATIONS = 100
+# Where activation matching reads each group's units: the output of the ReLU after its layer (the code: the Linear itself).
+ACTIVATIONS = {"encoder.0": "encoder.2", "encoder.3": "encoder.5", "encoder.6": "encoder.8", "encoder.9": "encoder.11",
+               "code": "encoder.13", "decoder.0": "decoder.3", "decoder.4": "decoder.6", "decoder.7": "decoder.9",
+               "decoder.10": "decoder.12"}
 
 # For every tensor that a permutation touches: the shape to view it as, and the group permuting
 # each axis of that view (None: an axis no permutation touches).
@@ -104,26 +114,91 @@ def distance(a: dict, b: dict, names: list[str]) -> float:
     return sum(float((a[k].double() - b[k].double()).square().sum()) for k in names) ** 0.5
 
 
-def align(state_a: dict, state_b: dict, config: dict, max_iterations: int = MAX_ITERATIONS) -> tuple[dict, dict]:
-    """B's state dict with its units permuted to match A's by weight matching (on the parameters; the
-    BatchNorm statistics follow their channels), so it computes the same function; and what it did."""
+@torch.no_grad()
+def correlations(state_a: dict, state_b: dict, config: dict, images: torch.Tensor, *, noise: float = 0.0, batch_size: int = 128,
+                 device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Per permutable group, the correlation [units of A, units of B] of the two networks' unit activations (where
+    ACTIVATIONS reads them) over `images`, every position of a feature map a sample: each network with its
+    BatchNorm statistics recomputed on those images as training.recompute_bn does, then run in eval mode on them."""
+    device = device or torch.device("cpu")
+    sums = {}
+    models = []
+    for state in (state_a, state_b):
+        model = ae.build_model(config).to(device)
+        model.load_state_dict(state)
+        training.recompute_bn(model, images, noise, batch_size=batch_size, device=device)
+        models.append(model.eval())
+    outputs: dict[tuple[int, str], torch.Tensor] = {}
+    hooks = [dict(m.named_modules())[where].register_forward_hook(
+        lambda _, __, out, key=(i, group): outputs.__setitem__(key, out))
+        for i, m in enumerate(models) for group, where in ACTIVATIONS.items()]
+    objective = training.Objective(ae.mse, noise)
+    try:
+        for k, x in enumerate(data.batches(images, batch_size, device=device)):
+            x = objective.inputs(x, training.eval_noise_generator(k * batch_size))
+            for m in models:
+                m(x)
+            for group in ACTIVATIONS:
+                u, v = (outputs[(i, group)].double().movedim(1, 0).reshape(outputs[(i, group)].shape[1], -1) for i in (0, 1))
+                s = sums.setdefault(group, {"n": 0, "a": 0.0, "b": 0.0, "aa": 0.0, "bb": 0.0, "ab": 0.0})
+                s["n"] += u.shape[1]
+                s["a"], s["b"] = s["a"] + u.sum(1), s["b"] + v.sum(1)
+                s["aa"], s["bb"], s["ab"] = s["aa"] + (u * u).sum(1), s["bb"] + (v * v).sum(1), s["ab"] + u @ v.T
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out = {}
+    for group, s in sums.items():
+        n = s["n"]
+        mean_a, mean_b = s["a"] / n, s["b"] / n
+        std_a = (s["aa"] / n - mean_a ** 2).clamp_min(0).sqrt()
+        std_b = (s["bb"] / n - mean_b ** 2).clamp_min(0).sqrt()
+        cov = s["ab"] / n - mean_a[:, None] * mean_b[None, :]
+        out[group] = (cov / (std_a[:, None] * std_b[None, :]).clamp_min(1e-12)).cpu()  # a dead unit correlates with nothing
+    return out
+
+
+def activation_match(corr: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One assignment per group: B's unit perms[g][i] is A's unit i's partner, maximising the summed correlation."""
+    return {g: torch.as_tensor(linear_sum_assignment(c.numpy(), maximize=True)[1], dtype=torch.long) for g, c in corr.items()}
+
+
+def align(state_a: dict, state_b: dict, config: dict, max_iterations: int = MAX_ITERATIONS, *, method: str = "weights",
+          images: torch.Tensor | None = None, noise: float = 0.0, batch_size: int = 128,
+          device: torch.device | None = None) -> tuple[dict, dict]:
+    """B's state dict with its units permuted to match A's, by weight matching (on the parameters; the BatchNorm
+    statistics follow their channels) or by activation matching (on `images`, see correlations), so it computes the
+    same function; and what it did."""
     spec = permutation_spec(config)
     names = [name for name, _ in ae.build_model(config).named_parameters()]
-    view = lambda state: {k: state[k].detach().cpu().double().reshape(spec[k][0]) for k in names if k in spec}  # noqa: E731
-    perms, passes, converged = match(view(state_a), view(state_b), spec, max_iterations)
+    if method == "weights":
+        view = lambda state: {k: state[k].detach().cpu().double().reshape(spec[k][0]) for k in names if k in spec}  # noqa: E731
+        perms, passes, converged = match(view(state_a), view(state_b), spec, max_iterations)
+        extra = {}
+    elif method == "activations":
+        if images is None or len(images) == 0:
+            raise UserError("activation matching needs training images to compare the networks' units on")
+        corr = correlations(state_a, state_b, config, images, noise=noise, batch_size=batch_size, device=device)
+        perms, passes, converged = activation_match(corr), 1, True
+        identity = {g: float(np.mean(np.diag(c.numpy()))) for g, c in corr.items()}
+        matched = {g: float(c[torch.arange(len(p)), p].mean()) for (g, c), p in zip(corr.items(), perms.values())}
+        extra = {"images": len(images), "mean_correlation_before": identity, "mean_correlation_after": matched}
+    else:
+        raise UserError(f"unknown alignment method {method!r}; choose one of {', '.join(cli.ALIGN_METHODS)}")
     aligned = apply(state_b, spec, perms)
     moved = sum(int((p != torch.arange(len(p))).sum()) for p in perms.values())
-    info = {"method": "weight matching", "iterations": passes, "converged": converged,
-            "distance_before": distance(state_a, state_b, names), "distance_after": distance(state_a, aligned, names),
-            "units_moved": moved, "units": sum(len(p) for p in perms.values())}
+    info = {"method": f"{'weight' if method == 'weights' else 'activation'} matching", "iterations": passes,
+            "converged": converged, "distance_before": distance(state_a, state_b, names),
+            "distance_after": distance(state_a, aligned, names), "units_moved": moved,
+            "units": sum(len(p) for p in perms.values()), **extra}
     return aligned, info
 
 
-def aligned_segment(net: curves.CurveNet) -> curves.CurveNet:
-    """The straight segment from the curve's t=0 end to its t=1 end aligned to it (as eval_curve.segment_of,
-    after `align`); what the alignment did is in the segment's `alignment` attribute."""
+def aligned_segment(net: curves.CurveNet, **how) -> curves.CurveNet:
+    """The straight segment from the curve's t=0 end to its t=1 end aligned to it (as training.segment_of, after
+    `align`, whose keyword arguments `how` takes); what the alignment did is in the segment's `alignment` attribute."""
     start = net.state_dict_at(0.0)
-    end, info = align(start, net.state_dict_at(1.0), ae.model_config(net.template))
+    end, info = align(start, net.state_dict_at(1.0), ae.model_config(net.template), **how)
     segment = curves.segment(net.template, start, end)
     segment.alignment = info
     return segment

@@ -56,6 +56,11 @@ positive_float = _bounded("positive_float", float, 0.0, strict=True)
 nonnegative_float = _bounded("nonnegative_float", float, 0.0)
 
 
+# How --aligned matches B's units to A's (lib/align.py); the first is the default: on the quick study it removed more
+# of the MSE segments' barrier than weight matching (docs/experiments.md, permutation alignment).
+ALIGN_METHODS = ("activations", "weights")
+
+
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to compute; auto uses CUDA when present (default: auto)")

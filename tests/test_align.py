@@ -56,6 +56,40 @@ def test_a_permuted_copy_is_aligned_back_exactly():
     assert info["distance_before"] > 1 and info["distance_after"] == 0 and info["converged"]
 
 
+def faces(n: int = 48) -> torch.Tensor:
+    import data
+
+    return data.synthetic_faces(0, n)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_activation_matching_keeps_b_s_function_and_raises_the_matched_correlation(train):
+    a, b = random_model(0).state_dict(), random_model(1).state_dict()
+    aligned, info = align.align(a, b, CONFIG, method="activations", images=faces(), batch_size=16)
+    x = torch.rand(6, 3, 64, 64)
+    assert info["method"] == "activation matching" and info["units_moved"] > 0 and info["images"] == 48
+    assert torch.allclose(outputs(aligned, x, train), outputs(b, x, train), atol=1e-5, rtol=0)
+    for group, after in info["mean_correlation_after"].items():  # the assignment maximises the summed correlation
+        assert after >= info["mean_correlation_before"][group] - 1e-12, group
+    assert sum(info["mean_correlation_after"].values()) > sum(info["mean_correlation_before"].values()) + 0.1
+
+
+def test_activation_matching_aligns_a_permuted_copy_back_exactly():
+    a = random_model(0).state_dict()
+    b = align.apply(a, align.permutation_spec(CONFIG), random_perms(1))
+    aligned, info = align.align(a, b, CONFIG, method="activations", images=faces(), batch_size=16)
+    params = [name for name, _ in ae.build_model(CONFIG).named_parameters()]
+    assert all(torch.equal(aligned[k], a[k]) for k in params), [k for k in params if not torch.equal(aligned[k], a[k])]
+    assert info["distance_after"] == 0 < info["distance_before"]
+    assert all(abs(c - 1) < 1e-6 for c in info["mean_correlation_after"].values())  # every unit found its own copy
+
+
+def test_activation_matching_needs_images():
+    a, b = random_model(0).state_dict(), random_model(1).state_dict()
+    with pytest.raises(UserError, match="activation matching needs training images"):
+        align.align(a, b, CONFIG, method="activations")
+
+
 def test_alignment_never_moves_b_away_from_a(endpoints):
     pairs = [(random_model(s).state_dict(), random_model(s + 10).state_dict()) for s in range(3)]
     pairs.append(tuple(load_ae(p)[0].state_dict() for p in endpoints))  # two trained endpoints
@@ -128,6 +162,7 @@ def test_eval_aligned_adds_the_aligned_segment_beside_the_others(evaluated):
         assert aligned[name][0] == segment[name][0]  # the same A at t=0
         assert aligned[name][-1] == pytest.approx(segment[name][-1], rel=1e-4)  # B, permuted: the same function
         assert aligned[name][2] != segment[name][2]  # but another path between them
+    assert result["alignment"]["method"] == "activation matching" and result["alignment"]["images"] > 0  # --align's default
     assert result["paths"]["segment"] == plain["paths"]["segment"]  # the other paths as without --aligned
     info = result["alignment"]
     assert info["distance_after"] < info["distance_before"] and aligned["length"] == pytest.approx(info["distance_after"], rel=1e-4)
@@ -140,22 +175,27 @@ def test_eval_aligned_adds_the_aligned_segment_beside_the_others(evaluated):
 
 # ---------------------------------------------------------------- fit_curve.py --aligned
 
-def test_fit_aligned_joins_a_to_the_aligned_b_and_records_it(endpoints, curve, tmp_path):
+@pytest.mark.parametrize("method", ["weights", "activations"])
+def test_fit_aligned_joins_a_to_the_aligned_b_and_records_it(endpoints, curve, tmp_path, method):
+    import data
     import fit_curve
     from lib.files import load_curve
 
     out = tmp_path / "aligned.pt"
-    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--aligned", "--epochs", "1", "--batch-size", "16",
-                    "--bn-images", "40", "--out", str(out)])
+    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--aligned", "--align", method, "--epochs", "1",
+                    "--batch-size", "16", "--bn-images", "40", "--out", str(out)])
     net, ckpt = load_curve(out)
-    (a, _), (b, _) = load_ae(endpoints[0]), load_ae(endpoints[1])
-    aligned, info = align.align(a.state_dict(), b.state_dict(), CONFIG)
+    (a, ckpt_a), (b, _) = load_ae(endpoints[0]), load_ae(endpoints[1])
+    images = data.load_split(data.data_config(type("Args", (), {})(), base=ckpt_a["config"]["data"]), "train")[:40]  # --bn-images
+    aligned, info = align.align(a.state_dict(), b.state_dict(), CONFIG, method=method, images=images, batch_size=256)
     assert ckpt["config"]["aligned"] is True and ckpt["config"]["alignment"] == info
+    assert info["method"] == {"weights": "weight matching", "activations": "activation matching"}[method]
     assert "aligned" not in load_curve(curve)[1]["config"] and "alignment" not in load_curve(curve)[1]["config"]  # off by default
     params = [name for name, _ in a.named_parameters()]
     assert torch.equal(net.weights(1.0), torch.cat([aligned[k].reshape(-1) for k in params]))
     assert torch.equal(net.weights(0.0), torch.cat([a.state_dict()[k].reshape(-1) for k in params]))
     assert fit_curve.default_out("x/a.pt", "b.pt", "bezier", aligned=True).name == "a-b-bezier-aligned.pt"
+    assert fit_curve.default_out("x/a.pt", "b.pt", "bezier", aligned=True, align="weights").name == "a-b-bezier-aligned-weights.pt"
 
 
 def test_plot_draws_the_aligned_segment_dotted(evaluated, tmp_path):
