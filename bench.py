@@ -344,8 +344,7 @@ def machine(device: torch.device) -> dict:
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
              if line.startswith("model name")]
-    native = {key: bool(getattr(torch.cpu, name, lambda: False)())  # torch.cpu's checks are private: missing ones count as no
-              for key, name in (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))}
+    native = training.native_bf16()
     return {"device": str(device), "cpu": names[0] if names else platform.processor() or platform.machine(),
             "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), **native,
             "cpu_bf16_speedup": training.cpu_bf16_speedup() if device.type == "cpu" and any(native.values()) else None,

@@ -16,7 +16,6 @@ from scipy.optimize import linear_sum_assignment
 
 import ae
 import curves
-import data
 from lib import cli, training
 from lib.files import UserError
 
@@ -132,10 +131,8 @@ def correlations(state_a: dict, state_b: dict, config: dict, images: torch.Tenso
     hooks = [dict(m.named_modules())[where].register_forward_hook(
         lambda _, __, out, key=(i, group): outputs.__setitem__(key, out))
         for i, m in enumerate(models) for group, where in ACTIVATIONS.items()]
-    objective = training.Objective(ae.mse, noise)
     try:
-        for k, x in enumerate(data.batches(images, batch_size, device=device)):
-            x = objective.inputs(x, training.eval_noise_generator(k * batch_size))
+        for x in training.seen_batches(images, noise, batch_size=batch_size, device=device):
             for m in models:
                 m(x)
             for group in ACTIVATIONS:

@@ -62,10 +62,15 @@ def bf16_fast(device: torch.device) -> bool:
     make it so (docs/performance.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # torch.cpu's checks are private: missing ones count as no
-        native = any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-        return native and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+    if device.type == "cpu":
+        return any(native_bf16().values()) and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
     return False
+
+
+def native_bf16() -> dict[str, bool]:
+    """Whether this CPU reports AVX-512 BF16 and AMX (torch.cpu's checks are private: missing ones count as no)."""
+    return {key: bool(getattr(torch.cpu, name, lambda: False)())
+            for key, name in (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))}
 
 
 @functools.lru_cache(maxsize=None)
@@ -519,9 +524,14 @@ def recompute_bn(net: torch.nn.Module, bn_images: torch.Tensor, noise: float, *,
     trained endpoint estimate exactly these inputs, so at t = 0 and 1 the recomputation gives back the network as
     trained, and whatever is measured after it (the objective, the MSE of clean images, codes, reconstructions) is
     measured on that network rather than on one normalised for inputs it never saw."""
-    inputs = batches(bn_images, batch_size, device=device, memory_format=torch.channels_last)
+    curves.update_bn(net, seen_batches(bn_images, noise, batch_size=batch_size, device=device), t=t)
+
+
+def seen_batches(images: torch.Tensor, noise: float, *, batch_size: int, device: torch.device):
+    """The batches of `images` as a group's network sees them in evaluation: with its fixed noise of std `noise`."""
     objective = Objective(ae.mse, noise)  # only its inputs matter here
-    curves.update_bn(net, (objective.inputs(x, eval_noise_generator(i * batch_size)) for i, x in enumerate(inputs)), t=t)
+    for i, x in enumerate(batches(images, batch_size, device=device, memory_format=torch.channels_last)):
+        yield objective.inputs(x, eval_noise_generator(i * batch_size))
 
 
 def evaluate_point(net: torch.nn.Module, split_images: dict, loss_fn, *, bn_images: torch.Tensor, batch_size: int,
