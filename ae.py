@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 
-IMAGE_SIZE = 64
 ARCH = "conv-ae-v1"  # the architecture tag checkpoints record
 LOSSES = ("mse", "perceptual")  # a loss group is one of them, optionally denoising and/or sparse (group_name)
 
@@ -21,9 +20,7 @@ def _down(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 def _up(c_in: int, c_out: int) -> list[nn.Module]:
-    # Transposed convolutions (kernel 4, stride 2): the kernel is a multiple of the stride, so
-    # every output pixel gets the same number of taps (no checkerboard), and it is about half
-    # the cost of nearest-upsample + 3x3 conv at the same width.
+    # kernel 4, stride 2: every output pixel gets as many taps (no checkerboard); half the cost of upsample + 3x3 conv
     return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
@@ -46,9 +43,6 @@ class AutoEncoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
 
     def forward(self, x: torch.Tensor, with_code: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The reconstruction of x; with `with_code`, (reconstruction, code) from the one encoder pass."""

@@ -242,7 +242,7 @@ def bench_plane(args, device, setup: tuple, eval_point_s: float) -> dict:
     against one point of eval_curve.py's default evaluation."""
     train, test, net = setup
     d = plane.parse_args([])
-    basis = plane.plane_basis(*(net.bend_weights(j).detach().cpu() for j in (0, 2, 1)))
+    basis = plane.plane_basis(*(net.bend_vector(j).detach().cpu() for j in (0, 2, 1)))
     model = ae.build_model(ae.model_config(net.template)).to(device, memory_format=torch.channels_last)
     ev = {"split_images": {"train": train[: d.train_images], "test": test[: d.test_images]}, "bn_images": train[: d.bn_images],
           "loss_fn": training.as_objective(ae.mse), "batch_size": d.eval_batch_size, "device": device, "precision": "fp32", "features": None}

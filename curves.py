@@ -26,13 +26,17 @@ def check_t(t: float) -> float:
     return t
 
 
-class Bezier:
-    """Bezier coefficients: c_j(t) = C(k-1, j) t^j (1-t)^(k-1-j)."""
+class Coefficients:
+    """The coefficient functions' shared part: the number of bends, at least the two ends."""
 
     def __init__(self, num_bends: int):
         if num_bends < 2:
             raise ValueError(f"a curve needs num_bends >= 2, got {num_bends}")
         self.num_bends = num_bends
+
+
+class Bezier(Coefficients):
+    """Bezier coefficients: c_j(t) = C(k-1, j) t^j (1-t)^(k-1-j)."""
 
     def __call__(self, t: float) -> list[float]:
         t, n = check_t(t), self.num_bends - 1
@@ -45,13 +49,8 @@ class Bezier:
         return [n * ((lower[j - 1] if j > 0 else 0.0) - (lower[j] if j < n else 0.0)) for j in range(n + 1)]
 
 
-class PolyChain:
+class PolyChain(Coefficients):
     """Piecewise-linear coefficients through the bends, placed at t = j / (k-1)."""
-
-    def __init__(self, num_bends: int):
-        if num_bends < 2:
-            raise ValueError(f"a curve needs num_bends >= 2, got {num_bends}")
-        self.num_bends = num_bends
 
     def __call__(self, t: float) -> list[float]:
         s = check_t(t) * (self.num_bends - 1)
@@ -77,23 +76,51 @@ def make_curve(name: str, num_bends: int):
     raise ValueError(f"unknown curve {name!r}; choose one of {', '.join(CURVES)}")
 
 
+def simplex_point(vertices: list[int], weights: list[float], num_bends: int) -> list[float]:
+    """The coefficients of the point sum_i weights[i] w_{vertices[i]} of a simplex of bends: barycentric weights
+    (non-negative, summing to 1) at its vertices, zero at every other bend."""
+    if len(set(vertices)) != len(vertices) or len(weights) != len(vertices) or min(weights) < 0 or abs(sum(weights) - 1) > 1e-9:
+        raise ValueError(f"a simplex needs distinct vertices with barycentric weights (>= 0, sum 1), got {vertices}, {weights}")
+    return [float(weights[vertices.index(j)]) if j in vertices else 0.0 for j in range(num_bends)]
+
+
+def uniform_simplex(k: int, generator: torch.Generator | None = None) -> list[float]:
+    """Barycentric weights of a uniform point of a simplex of k vertices: Dirichlet(1, ..., 1), drawn as k standard
+    exponentials over their sum."""
+    e = torch.empty(k, dtype=torch.float64).exponential_(generator=generator)
+    return (e / e.sum()).tolist()
+
+
+def simplex_volume_sq(gram: torch.Tensor) -> torch.Tensor:
+    """The squared n-volume of the simplex of n+1 vertices whose Gram matrix is `gram`, by the Cayley-Menger
+    determinant of the squared distances d_ij = G_ii + G_jj - 2 G_ij: V^2 = (-1)^(n+1) det(CM) / (2^n (n!)^2)."""
+    n, diag = len(gram) - 1, gram.diagonal()
+    cm = torch.ones(n + 2, n + 2, dtype=gram.dtype, device=gram.device)
+    cm[0, 0] = 0
+    cm[1:, 1:] = (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0).fill_diagonal_(0)
+    return (-1) ** (n + 1) * torch.linalg.det(cm) / (2**n * math.factorial(n) ** 2)
+
+
 class CurveModule(nn.Module):
     """Base of the curve layers: one parameter per bend for each tensor in `param_names`.
 
-    The bends at the ends (index 0 and k-1) are fixed (no gradient) when `fix_ends` is set.
-    `coeffs` holds c_j(t) for the current t and is set by CurveNet before each forward.
+    `fix_ends` says which bends are fixed (no gradient): True the ends (0 and k-1), False none, or any collection of
+    indices (the fixed vertices of a simplicial complex). `coeffs` holds c_j(t) for the current t (or the current
+    point of a simplex), set by CurveNet before each forward.
     """
 
-    def __init__(self, source: nn.Module, param_names: tuple[str, ...], num_bends: int, fix_ends: bool):
+    def __init__(self, source: nn.Module, param_names: tuple[str, ...], num_bends: int, fix_ends: bool | tuple = True):
         super().__init__()
         self.num_bends = num_bends
         self.param_names = tuple(name for name in param_names if getattr(source, name) is not None)
         self.coeffs: list[float] | None = None
+        fixed = {0, num_bends - 1} if fix_ends is True else set(fix_ends or ())
+        if not fixed <= set(range(num_bends)):
+            raise ValueError(f"fixed bends {sorted(fixed)} are not all among the {num_bends} bends 0..{num_bends - 1}")
         for name in self.param_names:
             value = getattr(source, name).detach()
             for j in range(num_bends):
-                fixed = fix_ends and j in (0, num_bends - 1)
-                self.register_parameter(f"{name}_{j}", nn.Parameter(value.clone(), requires_grad=not fixed))
+                self.register_parameter(f"{name}_{j}", nn.Parameter(value.clone(), requires_grad=j not in fixed))
 
     def bends(self, name: str) -> list[nn.Parameter]:
         return [getattr(self, f"{name}_{j}") for j in range(self.num_bends)]
@@ -113,7 +140,7 @@ class CurveModule(nn.Module):
 
 
 class CurveLinear(CurveModule):
-    def __init__(self, source: nn.Linear, num_bends: int, fix_ends: bool = True):
+    def __init__(self, source: nn.Linear, num_bends: int, fix_ends: bool | tuple = True):
         super().__init__(source, ("weight", "bias"), num_bends, fix_ends)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +148,7 @@ class CurveLinear(CurveModule):
 
 
 class CurveConv2d(CurveModule):
-    def __init__(self, source: nn.Conv2d, num_bends: int, fix_ends: bool = True):
+    def __init__(self, source: nn.Conv2d, num_bends: int, fix_ends: bool | tuple = True):
         if source.padding_mode != "zeros":
             raise TypeError(f"Conv2d with padding_mode={source.padding_mode!r} is not supported; use 'zeros'")
         super().__init__(source, ("weight", "bias"), num_bends, fix_ends)
@@ -132,7 +159,7 @@ class CurveConv2d(CurveModule):
 
 
 class CurveConvTranspose2d(CurveModule):
-    def __init__(self, source: nn.ConvTranspose2d, num_bends: int, fix_ends: bool = True):
+    def __init__(self, source: nn.ConvTranspose2d, num_bends: int, fix_ends: bool | tuple = True):
         if source.padding_mode != "zeros":
             raise TypeError(f"ConvTranspose2d with padding_mode={source.padding_mode!r} is not supported; use 'zeros'")
         super().__init__(source, ("weight", "bias"), num_bends, fix_ends)
@@ -148,7 +175,7 @@ class CurveBatchNorm2d(CurveModule):
     """BatchNorm with curve-valued affine parameters. The running statistics are one set, not a
     point on the curve: they belong to whatever t `update_bn` last recomputed them for."""
 
-    def __init__(self, source: nn.BatchNorm2d, num_bends: int, fix_ends: bool = True):
+    def __init__(self, source: nn.BatchNorm2d, num_bends: int, fix_ends: bool | tuple = True):
         if not source.track_running_stats:
             raise TypeError("BatchNorm2d without running statistics is not supported")
         super().__init__(source, ("weight", "bias"), num_bends, fix_ends)
@@ -176,7 +203,7 @@ CURVE_LAYERS = {nn.Linear: CurveLinear, nn.Conv2d: CurveConv2d,
                 nn.ConvTranspose2d: CurveConvTranspose2d, nn.BatchNorm2d: CurveBatchNorm2d}
 
 
-def to_curve_layers(module: nn.Module, num_bends: int, fix_ends: bool = True) -> nn.Module:
+def to_curve_layers(module: nn.Module, num_bends: int, fix_ends: bool | tuple = True) -> nn.Module:
     """Swap, in place, every supported layer of `module` for its curve layer; refuse any other
     layer that holds parameters or buffers, naming its type."""
     if list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)):
@@ -196,9 +223,11 @@ class CurveNet(nn.Module):
 
     `forward(x, t)` runs the network at t (sampling t ~ U(0,1) when t is None); `weights(t)` is
     the flat weight vector at t; `export(t)` is a plain copy of `model` holding the weights at t.
+    Wherever a t is taken, a list of num_bends coefficients may stand for it: the point sum_j c_j w_j,
+    e.g. a point of a simplex of the bends (simplex_point), so the bends become a simplicial complex.
     """
 
-    def __init__(self, model: nn.Module, curve: str = "bezier", num_bends: int = 3, fix_ends: bool = True):
+    def __init__(self, model: nn.Module, curve: str = "bezier", num_bends: int = 3, fix_ends: bool | tuple = True):
         super().__init__()
         self.curve_name, self.num_bends = curve, num_bends
         self.curve = make_curve(curve, num_bends)
@@ -206,10 +235,18 @@ class CurveNet(nn.Module):
         self.net = to_curve_layers(copy.deepcopy(model), num_bends, fix_ends)
         self.__dict__["layers"] = [(path, m) for path, m in self.net.named_modules() if isinstance(m, CurveModule)]
 
-    def set_t(self, t: float) -> float:
-        """Point every curve layer at t; returns t."""
-        t = check_t(t)
-        coeffs = self.curve(t)
+    def coeffs(self, t: float | list[float]) -> list[float]:
+        """c(t), or the coefficients given (a list of one per bend)."""
+        if not isinstance(t, (list, tuple)):
+            return self.curve(t)
+        if len(t) != self.num_bends:
+            raise ValueError(f"a point of this network has {self.num_bends} coefficients, got {len(t)}")
+        return [float(c) for c in t]
+
+    def set_t(self, t: float | list[float]) -> float | list[float]:
+        """Point every curve layer at t (or at the coefficients given); returns t."""
+        t = t if isinstance(t, (list, tuple)) else check_t(t)
+        coeffs = self.coeffs(t)
         for _, layer in self.layers:
             layer.coeffs = coeffs
         return t
@@ -254,19 +291,22 @@ class CurveNet(nn.Module):
         """||phi'(t)|| at each t, in closed form: phi'(t) = sum_j c_j'(t) w_j, so its squared norm is
         c'(t)^T G c'(t) with G the Gram matrix of the bends (parameters only, float64)."""
         with torch.no_grad():
-            bends = [self.bend_weights(j).double() for j in range(self.num_bends)]
-            gram = torch.stack([torch.stack([a @ b for b in bends]) for a in bends]).cpu()
             d = torch.tensor([self.curve.derivative(t) for t in ts], dtype=torch.float64)
-            return torch.einsum("ti,ij,tj->t", d, gram, d).clamp_min(0).sqrt()
+            return torch.einsum("ti,ij,tj->t", d, self.gram().cpu(), d).clamp_min(0).sqrt()
 
-    def bend_weights(self, j: int) -> torch.Tensor:
-        """The flat weight vector of bend j (w_0 at t=0, ..., w_{k-1} at t=1), in the order of `weights`."""
+    def gram(self, bends: list[int] | None = None) -> torch.Tensor:
+        """The Gram matrix <w_i, w_j> (float64) of the bends' parameters (all, or those listed), differentiable."""
+        flat = [self.bend_vector(j).double() for j in (range(self.num_bends) if bends is None else bends)]
+        return torch.stack([torch.stack([a @ b for b in flat]) for a in flat])
+
+    def bend_vector(self, j: int) -> torch.Tensor:
+        """The flat weight vector of bend j (w_0 at t=0, ..., w_{k-1} at t=1), in the order of `weights`, with its graph."""
         bends = {f"{path}.{name}": layer.bends(name)[j] for path, layer in self.layers for name in layer.param_names}
-        return torch.cat([bends[name].detach().reshape(-1) for name, _ in self.template.named_parameters()])
+        return torch.cat([bends[name].reshape(-1) for name, _ in self.template.named_parameters()])
 
     def state_dict_at(self, t: float) -> dict[str, torch.Tensor]:
         """A plain model's state dict: the parameters at t, and the current BatchNorm buffers."""
-        coeffs = self.curve(t)
+        coeffs = self.coeffs(t)
         state = {}
         with torch.no_grad():
             for path, layer in self.layers:

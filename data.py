@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lib import cli
 from lib.cli import positive_int
 from lib.files import CACHE_FORMAT, CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
@@ -39,28 +40,15 @@ CACHE_VERSION = 1  # bump when decoding or drawing changes, so old caches are re
 SYNTHETIC_SEED = 0
 SYNTHETIC_START = {"train": 0, "valid": 10**8, "test": 2 * 10**8}  # disjoint index ranges
 
-DEFAULTS = {
-    "dataset": "synthetic",
-    "data_root": None,
-    "download": False,
-    "n_train": None,
-    "n_test": None,
-    "synthetic_size": 10000,
-    "test_fraction": 0.1,
-    "split_seed": 0,
-    "cache_dir": "data/cache",
-}
+DEFAULTS = {"dataset": "synthetic", "data_root": None, "download": False, "n_train": None, "n_test": None,
+            "synthetic_size": 10000, "test_fraction": 0.1, "split_seed": 0, "cache_dir": "data/cache"}
 
 # ---------------------------------------------------------------- command line and config
 
 def add_data_args(parser: argparse.ArgumentParser, inherit: bool = False) -> None:
     """Add the data flags; with `inherit` every default is None, to be filled from a checkpoint."""
-    def default(value):
-        return None if inherit else value
-
-    def shown(text):
-        return "as the endpoints" if inherit else text
-
+    default = lambda value: None if inherit else value  # noqa: E731
+    shown = lambda text: "as the endpoints" if inherit else text  # noqa: E731
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", choices=DATASETS, default=default("synthetic"),
                        help=f"which images to use (default: {shown('synthetic')})")
@@ -130,17 +118,6 @@ def load_split(config: dict, split: str, progress: bool = True) -> torch.Tensor:
     return _load(config, split, progress)[0]
 
 
-def validation_images(config: dict, count: int) -> tuple[torch.Tensor, str]:
-    """The first `count` images of the validation split, for choices that must never see the test
-    split, and where they came from: a folder tree has no validation part ('valid' is its test
-    split), so its last `count` training images are carved off instead."""
-    if _validated(config)["dataset"] == "folder":
-        train = load_split(config, "train")
-        return train[-count:], f"the last {min(count, len(train))} training images (a folder tree has no validation split)"
-    valid = load_split(config, "valid")[:count]
-    return valid, f"the first {len(valid)} images of the validation split"
-
-
 def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                   drop_last: bool = False) -> Iterator[torch.Tensor | slice]:
     """Which of n images form each batch: slices in order, or index tensors shuffled by torch.randperm(n, generator=generator)."""
@@ -175,11 +152,13 @@ def _load(config: dict, split: str, progress: bool, need_files: bool = False) ->
     """A split's images and the source file of each row (None for synthetic faces), from the cache if
     valid, else built and cached; with `need_files`, a cache that cannot say which files it holds is rebuilt."""
     config = _validated(config)
-    _check_split(split)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if config["dataset"] == "synthetic":
         key, build, planned = _synthetic_plan(config, split)
     else:  # image files on disk: lib/images.py, imported only for them
-        key, build, planned = getattr(_images(f"--dataset {config['dataset']}"), f"{config['dataset']}_plan")(config, split)
+        files_module = cli.optional("images", f"--dataset {config['dataset']}")
+        key, build, planned = getattr(files_module, f"{config['dataset']}_plan")(config, split)
     key = {"version": CACHE_VERSION, "size": SIZE, **key}
     path = _cache_path(config["cache_dir"], key)
     cached = _read_cache(path, key, planned)
@@ -191,18 +170,6 @@ def _load(config: dict, split: str, progress: bool, need_files: bool = False) ->
     images, skipped, files = build(progress)
     _write_cache(path, key, images, skipped, files)
     return images, files
-
-
-def _images(flag: str):
-    """lib/images.py (CelebA and folder trees of image files), needed only by `flag`."""
-    from lib import cli
-
-    return cli.optional("images", flag)
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
 def _read_cache(path: Path, key: dict, planned: list[str] | None) -> tuple[torch.Tensor, list[str] | None] | None:

@@ -69,6 +69,7 @@ import ae  # noqa: E402
 from lib import cli  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
+from lib import images as image_files  # noqa: E402
 from lib import training  # noqa: E402
 from lib.training import newest_curve, paired_se, recompute_bn, target_features  # noqa: E402
 from lib.files import (ENSEMBLE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, load_curve, save_ae, save_figure,  # noqa: E402
@@ -698,7 +699,7 @@ def main(argv: list[str] | None = None) -> dict:
     files = {"members_png": "members.png", "fig2c_png": "fig2c.png", "fge_members": [p.relative_to(out).as_posix() for p in fge_files]}
     drawn = [("members_png", draw_members), ("fig2c_png", draw_fig2c)]
     if args.select:
-        valid_images, source = data.validation_images(data_cfg, args.valid_images)
+        valid_images, source = image_files.validation_images(data_cfg, args.valid_images)
         valid_ev = {**ev, "images": valid_images,
                     "features": target_features(loss_fn, {"valid": valid_images}, args.eval_batch_size, device)["valid"]}
         pool = build_pool(net, [e["path"] for e in config["endpoints"]], {str(p): loaded[str(p)][0] for p in endpoint_paths},

@@ -41,6 +41,7 @@ from tqdm import tqdm  # noqa: E402
 import ae  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
+from lib import images as image_files  # noqa: E402
 from lib import cli  # noqa: E402
 from lib.training import mean_and_se, recompute_bn, segment_of  # noqa: E402
 from lib.files import (FUNCTION_SPACE_FORMAT, FormatError, UserError, ensure_dir, load_ae, load_curve, save_figure,  # noqa: E402
@@ -451,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = data.data_config(args, base=configs[0][1].get("data"))
     if any(config.get("data") != configs[0][1].get("data") for _, config in configs):
         print(f"warning: the networks were trained on different data settings; all are compared on those of {configs[0][0]}")
-    images, source = data.validation_images(data_cfg, args.images)
+    images, source = image_files.validation_images(data_cfg, args.images)
     ts = np.linspace(0.0, 1.0, args.t_points).tolist()
     bn_images = None if args.own_bn and not nets else data.load_split(data_cfg, "train")[: args.bn_images]
     records += curve_records(nets, ts)

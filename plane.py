@@ -119,7 +119,7 @@ def from_curve(path: Path) -> dict:
     seeds = [e["config"].get("seed") for e in config["endpoints"]]
     names = [f"w0 (seed {seeds[0]})", f"θ ({config['curve']} bend)", f"w1 (seed {seeds[1]})"]
     return {"source": "curve", "config": config, "net": net, "template": net.template,
-            "weights": [net.bend_weights(j) for j in range(3)], "names": ["w0", "theta", "w1"], "labels": names,
+            "weights": [net.bend_vector(j).detach() for j in range(3)], "names": ["w0", "theta", "w1"], "labels": names,
             "order": (0, 2, 1), "segments": [[0, 2]], "endpoints": [e["path"] for e in config["endpoints"]],
             "endpoint_seeds": seeds, "checkpoints": [{"path": str(path), "sha256": file_sha256(path)}]}
 

@@ -26,7 +26,7 @@ from lib import cli
 from lib.figures import plane_label
 from lib.training import CONVERGED_DROP, pair_label
 from lib.files import (CURVE_FORMAT, ENSEMBLE_FORMAT, EVAL_FORMAT, FUNCTION_SPACE_FORMAT, PLANE_FORMAT, UserError, file_sha256,
-                       load_checkpoint, read_result, write_text)
+                       atomic_write, load_checkpoint, read_result)
 
 # A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.
 CURVE_EXCESS = 0.10
@@ -900,7 +900,8 @@ def write_report(study_dir: Path, out: Path) -> Path:
                 function_space_section(load_function_space(study, study_dir), report_dir),
                 probes_section(s["evals"], report_dir, study_dir.resolve()),
                 "## Answer in detail\n\n" + answer_details(s["evals"], study) + "\n"]
-    return write_text(out, "\n".join(lines) + "\n" + "\n".join(sections))
+    text = "\n".join(lines) + "\n" + "\n".join(sections)
+    return atomic_write(out, lambda f: f.write(text), binary=False)
 
 
 def main(argv: list[str] | None = None) -> Path:

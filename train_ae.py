@@ -4,12 +4,7 @@ Writes a checkpoint (state_dict + plain config + final metrics), a metrics JSON 
 per-epoch history, and a PNG of test images over their reconstructions, all atomically. The
 same seed and flags on CPU give identical weights; `--resume` continues an interrupted run.
 
-`--snapshots N` also keeps N autoencoder checkpoints per epoch, after optimiser steps
-floor(k P / N), k = 1..N, of the epoch's P steps (the last at its end), as
-<out without .pt>.snapshots/step<global step>.pt, for function_space.py. Their config is the run's
-plus "snapshot": {"epoch": fractional epoch, "step": global step, "of": out}. They change nothing
-in training: the final checkpoint is the same byte for byte. With --resume, finished epochs'
-snapshots stay and the run writes the rest.
+`--snapshots N` also keeps N checkpoints per epoch for function_space.py (lib/snapshots.py says where and when).
 """
 from __future__ import annotations
 

@@ -29,12 +29,9 @@ import curves
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
-# A temporary file of atomic_write older than this was left by a killed write: the next write to
-# its folder removes it, whatever file it was meant to become. Age, not name, makes removal safe:
-# another live process may be writing the very same name right now (two runs sharing a data cache
-# do), but no live write leaves its file untouched for an hour (each is one write and an fsync:
-# seconds; minutes for a multi-GB cache on a slow disk). And were a paused writer's file removed
-# all the same, its rename would fail loudly: no wrong file can result.
+# A temporary file of atomic_write older than this was left by a killed write: the next write to its folder removes
+# it. Age, not name, makes removal safe: a live write (one write and an fsync) never leaves its file untouched for an
+# hour, and were a paused writer's file removed all the same, its rename would fail loudly, never give a wrong file.
 STALE_TEMP_SECONDS = 3600
 _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # mkstemp(prefix=".NAME.", suffix=".tmp")
 
@@ -124,11 +121,6 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write(path, lambda f: f.write(text + "\n"), binary=False)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    return atomic_write(path, lambda f: f.write(text), binary=False)
-
-
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     """Save a matplotlib figure atomically; the format follows the file's suffix."""
     fmt = Path(path).suffix.lstrip(".") or "png"
@@ -216,9 +208,10 @@ PLANE_PARTIAL_FORMAT = "aemc-plane-partial-v1"  # plane.py's rows so far
 ENSEMBLE_FORMAT = "aemc-ensemble-v1"  # ensemble.py's JSON
 FUNCTION_SPACE_FORMAT = "aemc-function-space-v1"  # function_space.py's JSON
 STUDY_FORMAT = "aemc-study-v1"  # run_study.py's study.json
+COMPLEX_FORMAT, SIMPLEX_FORMAT = "aemc-complex-v1", "aemc-simplex-v1"  # simplex.py's complex checkpoint and its JSON
 CACHE_FORMAT = "aemc-cache-v1"  # data.py's decoded datasets
 WRITERS = {EVAL_FORMAT: "eval_curve.py", PLANE_FORMAT: "plane.py", ENSEMBLE_FORMAT: "ensemble.py",
-           FUNCTION_SPACE_FORMAT: "function_space.py", STUDY_FORMAT: "run_study.py"}
+           FUNCTION_SPACE_FORMAT: "function_space.py", STUDY_FORMAT: "run_study.py", SIMPLEX_FORMAT: "simplex.py"}
 
 
 def read_result(path: str | os.PathLike, formats: tuple[str, ...]) -> dict:
@@ -235,7 +228,6 @@ def read_result(path: str | os.PathLike, formats: tuple[str, ...]) -> dict:
         raise UserError(f"{path} is not a file of {scripts} (format {' or '.join(formats)})")
     result["_path"] = str(path)
     return result
-
 
 
 def save_ae(path: str | os.PathLike, model, config: dict, metrics: dict) -> Path:

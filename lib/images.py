@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+import data
 from data import SIZE, SPLITS
 from lib.files import UserError
 
@@ -259,3 +260,14 @@ def _decode_files(paths: list[Path], crop: int | None, progress: bool, what: str
               f"(e.g. {bad[0]})", file=sys.stderr)
     # clone a shortened tensor: torch.save would otherwise store all of the storage behind the view
     return (images if not bad else images[:len(kept)].clone()), kept
+
+
+def validation_images(config: dict, count: int) -> tuple[torch.Tensor, str]:
+    """The first `count` images of the validation split, for choices that must never see the test
+    split, and where they came from: a folder tree has no validation part ('valid' is its test
+    split), so its last `count` training images are carved off instead."""
+    if data._validated(config)["dataset"] == "folder":
+        train = data.load_split(config, "train")
+        return train[-count:], f"the last {min(count, len(train))} training images (a folder tree has no validation split)"
+    valid = data.load_split(config, "valid")[:count]
+    return valid, f"the first {len(valid)} images of the validation split"

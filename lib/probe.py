@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 import curves
 import data
-from lib import training
+from lib import cli, training
+from lib.files import UserError
 
 RIDGE = 1e-2  # ridge penalty on standardised codes, as a fraction of the number of training images
 
@@ -158,14 +159,15 @@ def load_labels(config: dict, split: str, progress: bool = True,
     from list_attr_celeba.txt or .csv for the files the split's cache holds.
     """
     config = data._validated(config)
-    data._check_split(split)
+    if split not in data.SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(data.SPLITS)}")
     if labels_unavailable(config):
         return None
     if config["dataset"] == "synthetic":
         start, count = data._synthetic_range(config, split)
         return face_attributes(start, count, data.SYNTHETIC_SEED)
     _, files = data._load(config, split, progress, need_files=True)
-    return data._images("--dataset celeba").celeba_attributes(config, files)
+    return cli.optional("images", "--dataset celeba").celeba_attributes(config, files)
 
 
 def labels_unavailable(config: dict) -> str | None:
@@ -174,7 +176,7 @@ def labels_unavailable(config: dict) -> str | None:
     if config["dataset"] == "folder":
         return "a --dataset folder tree has no attribute labels"
     if config["dataset"] == "celeba":
-        return data._images("--dataset celeba").celeba_attributes_missing(config)
+        return cli.optional("images", "--dataset celeba").celeba_attributes_missing(config)
     return None
 
 

@@ -1,5 +1,9 @@
 """train_ae.py --snapshots N: N autoencoder checkpoints per epoch, after optimiser steps floor(k P / N), k = 1..N,
-of the epoch's P steps (the last at its end), for function_space.py. Imported only with that flag."""
+of the epoch's P steps (the last at its end), for function_space.py. Imported only with that flag.
+
+They are written as <out without .pt>.snapshots/step<global step>.pt; their config is the run's plus "snapshot":
+{"epoch": fractional epoch, "step": global step, "of": out}. They change nothing in training: the final checkpoint
+is the same byte for byte. With --resume, finished epochs' snapshots stay and the run writes the rest."""
 from __future__ import annotations
 
 from pathlib import Path

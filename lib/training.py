@@ -233,7 +233,8 @@ class Step:
     all epochs (None: the optimizer's own rate). For a CurveNet, `t_of(step in the epoch, u)` is the batch's t,
     with u ~ U(0, 1) drawn from the epoch's generator (the paper's stochastic estimate of E_t L(phi(t)); e.g.
     curves.ArcLengthSampler); None trains a plain model. `target_features` (target_feature_cache of the training
-    images) are the perceptual loss's targets, looked up instead of recomputed."""
+    images) are the perceptual loss's targets, looked up instead of recomputed. `penalty(model)` is added to the loss
+    optimised but not to the training loss reported (the simplex's volume term, the subspace line's cosine term)."""
     objective: Objective
     optimizer: torch.optim.Optimizer
     device: torch.device
@@ -242,6 +243,7 @@ class Step:
     lr_at: Callable[[int], float] | None = None
     t_of: Callable[[int, float], float] | None = None
     target_features: list[torch.Tensor] | None = None
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None
 
 
 def train_epoch(model: nn.Module, images: torch.Tensor, step: Step, *, generator: torch.Generator, epoch: int,
@@ -272,6 +274,7 @@ def train_epoch(model: nn.Module, images: torch.Tensor, step: Step, *, generator
             # not "--resume with a lower --lr": load_resume refuses a changed lr, so the advice is to start over
             raise UserError(f"training diverged: loss is {value} at epoch {epoch + 1}, step {i + 1}; the learning "
                             f"rate {lr:g} is too high for this data: rerun without --resume and with --lr {lr / 10:g}")
+        loss = loss if step.penalty is None else loss + step.penalty(model)
         step.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         step.optimizer.step()

@@ -203,11 +203,11 @@ def test_folder_split_skips_corrupt_files_and_is_deterministic(tmp_path, capsys)
 def test_validation_images_come_from_the_validation_split_or_are_carved_from_training(tmp_path):
     image_tree(tmp_path / "tree", corrupt=0)
     config = config_for(tmp_path, "--dataset", "folder", "--data-root", str(tmp_path / "tree"), "--test-fraction", "0.25")
-    valid, source = data.validation_images(config, 4)
+    valid, source = image_files.validation_images(config, 4)
     assert torch.equal(valid, data.load_split(config, "train", progress=False)[-4:]) and "training" in source
     assert not any(torch.equal(v, t) for v in valid for t in data.load_split(config, "test", progress=False))
     synthetic = config_for(tmp_path, "--synthetic-size", "40")
-    valid, source = data.validation_images(synthetic, 5)
+    valid, source = image_files.validation_images(synthetic, 5)
     assert torch.equal(valid, data.load_split(synthetic, "valid", progress=False)[:5]) and "validation split" in source
 
 

@@ -1,0 +1,130 @@
+"""Simplexes of bends in curves.py: barycentric points, uniform draws, fixed vertices, Cayley-Menger volumes."""
+import math
+
+import pytest
+import torch
+
+import ae
+import curves
+
+
+def tiny_models(count, seed=0):
+    torch.manual_seed(seed)
+    return [ae.AutoEncoder(latent_dim=4, width=2) for _ in range(count)]
+
+
+def complex_net(models, connectors):
+    """A CurveNet whose first len(models) bends are the models (fixed) and whose last `connectors` are free."""
+    k = len(models) + connectors
+    net = curves.CurveNet(ae.AutoEncoder(latent_dim=4, width=2), "polychain", k, fix_ends=tuple(range(len(models))))
+    for i, m in enumerate(models):
+        net.import_endpoint(m.state_dict(), i, buffers=i == 0)
+    with torch.no_grad():  # connectors somewhere off the endpoints' plane
+        for j in range(len(models), k):
+            for _, layer in net.layers:
+                for name in layer.param_names:
+                    bends = layer.bends(name)
+                    bends[j].copy_(sum(bends[:len(models)]) / len(models) + 0.1 * torch.randn_like(bends[j]))
+    return net
+
+
+def test_simplex_points_are_barycentric_and_zero_off_the_simplex():
+    c = curves.simplex_point([4, 1, 2], [0.5, 0.3, 0.2], 5)
+    assert c == [0.0, 0.3, 0.2, 0.0, 0.5]
+    for bad in (([0, 0], [0.5, 0.5]), ([0, 1], [0.7, 0.7]), ([0, 1], [1.5, -0.5]), ([0, 1], [1.0])):
+        with pytest.raises(ValueError):
+            curves.simplex_point(*bad, 3)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_uniform_draws_have_the_dirichlet_mean_and_variance(k):
+    g = torch.Generator().manual_seed(k)
+    draws = torch.tensor([curves.uniform_simplex(k, g) for _ in range(20000)], dtype=torch.float64)
+    assert torch.all(draws >= 0) and torch.allclose(draws.sum(1), torch.ones(len(draws), dtype=torch.float64))
+    n = len(draws)
+    mean, var = draws.mean(0), draws.var(0)
+    mean_se = draws.std(0) / math.sqrt(n)
+    centred = draws - mean
+    var_se = ((centred ** 4).mean(0) - var ** 2).sqrt() / math.sqrt(n)
+    expected_var = (k - 1) / (k ** 2 * (k + 1))  # Dirichlet(1, ..., 1): a_i / a_0 = 1/k, var = (k-1) / (k^2 (k+1))
+    assert torch.all((mean - 1 / k).abs() < 4 * mean_se)
+    assert torch.all((var - expected_var).abs() < 4 * var_se)
+    # not merely the right moments: a draw concentrated at the centroid would have variance 0
+    assert var.min() > 0.5 * expected_var
+
+
+def test_cayley_menger_gives_known_volumes():
+    def gram(points):
+        x = torch.tensor(points, dtype=torch.float64)
+        return x @ x.T
+
+    assert curves.simplex_volume_sq(gram([[0, 0], [1, 0], [0, 1]])).item() == pytest.approx(0.25)  # unit right triangle: 1/2
+    a = 2.0  # regular tetrahedron of edge a: V = a^3 / (6 sqrt 2)
+    tetra = [[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]  # edge 2 sqrt 2
+    edge = 2 * math.sqrt(2)
+    scaled = [[c * a / edge for c in p] for p in tetra]
+    assert curves.simplex_volume_sq(gram(scaled)).item() == pytest.approx((a ** 3 / (6 * math.sqrt(2))) ** 2)
+    # moved away from the origin (the Gram matrix changes, the volume does not), in more dimensions
+    shifted = [[c + 5.0 for c in p] + [3.0] for p in scaled]
+    assert curves.simplex_volume_sq(gram(shifted)).item() == pytest.approx((a ** 3 / (6 * math.sqrt(2))) ** 2)
+    assert curves.simplex_volume_sq(gram([[0, 0], [3, 4]])).item() == pytest.approx(25.0)  # a segment: its squared length
+    assert abs(curves.simplex_volume_sq(gram([[0, 0], [1, 1], [2, 2]])).item()) < 1e-12  # collinear: no area
+
+
+def test_the_volume_of_bends_is_that_of_their_weight_vectors_and_differentiable():
+    net = complex_net(tiny_models(3), 2)
+    vectors = [net.bend_vector(j).detach().double() for j in (0, 3, 4)]
+    d1, d2 = vectors[1] - vectors[0], vectors[2] - vectors[0]
+    area_sq = (d1 @ d1) * (d2 @ d2) - (d1 @ d2) ** 2  # 4 x the triangle's squared area
+    v_sq = curves.simplex_volume_sq(net.gram([0, 3, 4]))
+    assert v_sq.item() == pytest.approx(area_sq.item() / 4, rel=1e-6)
+    v_sq.backward()
+    free = [p for p in net.free_parameters()]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in free)
+    assert all(not p.requires_grad for name, p in net.named_parameters() if name.endswith(("_0", "_1", "_2")))
+
+
+def test_fixed_vertices_are_reproduced_at_their_corners_and_get_no_gradient():
+    models = tiny_models(3)
+    net = complex_net(models, 2)
+    for i, m in enumerate(models):
+        state = net.state_dict_at(curves.simplex_point([i], [1.0], 5))
+        for name, value in m.state_dict().items():
+            if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert torch.equal(state[name], value), name
+    x = torch.rand(4, 3, 64, 64)
+    net.train()
+    net(x, t=curves.simplex_point([1, 3, 4], [0.2, 0.5, 0.3], 5)).square().mean().backward()
+    for name, p in net.named_parameters():
+        bend = int(name.rsplit("_", 1)[1])
+        if bend < 3:
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.grad is not None, name
+    assert all(p.grad.abs().sum() > 0 for p in net.free_parameters() if p.dim() > 1)
+
+
+def test_fixed_bends_must_exist():
+    with pytest.raises(ValueError, match="fixed bends"):
+        curves.CurveNet(ae.AutoEncoder(latent_dim=4, width=2), "polychain", 3, fix_ends=(0, 3))
+    with pytest.raises(ValueError, match="coefficients"):
+        curves.CurveNet(ae.AutoEncoder(latent_dim=4, width=2), "polychain", 3).set_t([0.5, 0.5])
+
+
+def test_a_one_connector_complex_on_the_edges_of_a_and_b_is_the_polychain_through_its_connector():
+    models = tiny_models(3, seed=1)
+    net = complex_net(models, 1)  # vertices A, B, C, c
+    chain = curves.CurveNet(ae.AutoEncoder(latent_dim=4, width=2), "polychain", 3)
+    chain.import_endpoint(net.state_dict_at(curves.simplex_point([0], [1.0], 4)), 0, buffers=True)
+    chain.import_endpoint(net.state_dict_at(curves.simplex_point([3], [1.0], 4)), 1)
+    chain.import_endpoint(net.state_dict_at(curves.simplex_point([1], [1.0], 4)), 2)
+    net.eval(), chain.eval()
+    x = torch.rand(3, 3, 64, 64)
+    for k in range(33):  # t = k/32 is exact in binary, so are the weights of both parameterisations
+        t = k / 32
+        s = 2 * t if t < 0.5 else 2 * t - 1
+        point = curves.simplex_point([0, 3], [1 - s, s], 4) if t < 0.5 else curves.simplex_point([3, 1], [1 - s, s], 4)
+        a, b = net.state_dict_at(point), chain.state_dict_at(t)
+        assert all(torch.equal(a[n], b[n]) for n in b), t
+        with torch.no_grad():
+            assert torch.equal(net(x, t=point), chain(x, t=t)), t
