@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 SCRIPTS = ["train_ae", "fit_curve", "eval_curve", "plot", "run_study", "report", "plane", "ensemble", "function_space",
-           "bench", "photo_patches"]
+           "bench", "photo_patches", "simplex"]
 
 
 def parser_of(script: str, monkeypatch) -> argparse.ArgumentParser:

@@ -128,3 +128,102 @@ def test_a_one_connector_complex_on_the_edges_of_a_and_b_is_the_polychain_throug
         assert all(torch.equal(a[n], b[n]) for n in b), t
         with torch.no_grad():
             assert torch.equal(net(x, t=point), chain(x, t=t)), t
+
+
+# ---------------------------------------------------------------- simplex.py on tiny endpoints
+
+import data  # noqa: E402
+import simplex  # noqa: E402
+from conftest import killed_after_epoch, tiny_args  # noqa: E402
+from lib import complexes, training  # noqa: E402
+from lib.files import UserError, load_ae  # noqa: E402
+import train_ae  # noqa: E402
+
+TINY = ["--batch-size", "16", "--lr", "3e-3", "--bn-images", "32", "--train-images", "16", "--test-images", "16",
+        "--points", "2", "--num-points", "3", "--eval-batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def three(endpoints, tmp_path_factory):
+    """The two session endpoints and a third (seed 2) trained on the same data."""
+    tmp = tmp_path_factory.mktemp("third")
+    out = tmp / "mse_s2.pt"
+    train_ae.main(["--loss", "mse", "--seed", "2", "--out", str(out), *tiny_args(tmp, **{"--epochs": 3})])
+    return [*endpoints, out]
+
+
+@pytest.fixture(scope="module")
+def fitted_complex(three, tmp_path_factory):
+    out = tmp_path_factory.mktemp("complex") / "complex.pt"
+    result = simplex.main(["--ckpts", *map(str, three), "--epochs", "2", "--grid", "2", "--out", str(out), *TINY])
+    return out, result
+
+
+def test_the_complex_keeps_its_endpoints_and_writes_everything_help_names(fitted_complex, three):
+    out, result = fitted_complex
+    for suffix in (".json", ".triangles.png", ".paths.png", ".recon.png"):
+        assert out.with_name(out.stem + suffix).is_file(), suffix
+    assert not training.resume_path(out).exists()
+    net, ckpt = complexes.load(out)
+    assert ckpt["config"]["simplexes"] == [[0, 3, 4], [1, 3, 4], [2, 3, 4]]
+    for i, path in enumerate(three):
+        model = load_ae(path)[0]
+        assert torch.equal(net.weights(curves.simplex_point([i], [1.0], 5)), curves.flat_parameters(model))
+    c1, c2 = (net.weights(curves.simplex_point([j], [1.0], 5)) for j in (3, 4))
+    centroid = sum(curves.flat_parameters(load_ae(p)[0]) for p in three) / 3
+    assert not torch.allclose(c1, centroid) and not torch.equal(c1, c2)  # trained, and apart
+    history = ckpt["history"]
+    assert history[-1]["test_loss_t05"] < history[0]["test_loss_t05"]  # the barycentres' loss fell
+    assert len(result["points"]["complex"]) == 3 * 2 and len(result["points"]["plain"]) == 2
+    assert len(result["paths"]) == 3 * 2 and set(result["barycentres"]) == {"e0+c1+c2", "e1+c1+c2", "e2+c1+c2", "e0+e1+e2"}
+    assert len(result["grid"]["triangles"]["e0+e1+e2"]["test_loss"]) == 6  # (2+1)(2+2)/2 grid points
+    for entry in result["points"]["complex"]:
+        assert min(entry["weights"]) >= 0 and sum(entry["weights"]) == pytest.approx(1) and len(entry["weights"]) == 3
+
+
+def test_vertex_losses_are_the_endpoints_own_on_every_test_image(fitted_complex, three):
+    out, result = fitted_complex
+    _, ckpt = complexes.load(out)
+    images = data.load_split(ckpt["config"]["data"], "test")
+    model = load_ae(three[1])[0]
+    training.recompute_bn(model, data.load_split(ckpt["config"]["data"], "train")[:32], 0.0, batch_size=64, device=torch.device("cpu"))
+    direct = training.per_image_losses(model, images, ae.mse, batch_size=64, device=torch.device("cpu"))["loss"].double().mean()
+    assert result["vertices"][1]["test_loss"] == pytest.approx(direct.item(), rel=1e-6)
+    s = result["summary"]
+    worse = max(result["vertices"][:3], key=lambda v: v["test_loss"])
+    assert s["worse_test_loss"] == worse["test_loss"]
+    top = max(e["test_loss"] for e in result["points"]["complex"])
+    assert s["complex"]["test_loss"]["max"] == top and s["complex"]["test_loss"]["max_vs_worse"]["ratio"] == pytest.approx(top / worse["test_loss"])
+
+
+def test_a_sequential_fit_resumes_byte_for_byte_across_its_connectors(three, tmp_path, monkeypatch):
+    flags = ["--ckpts", *map(str, three), "--epochs", "2", "--order", "sequential", "--grid", "0", *TINY, "--points", "0"]
+    simplex.main([*flags, "--out", str(tmp_path / "whole.pt")])
+    with killed_after_epoch(monkeypatch, 0):  # at the end of connector 1's phase
+        simplex.main([*flags, "--out", str(tmp_path / "split.pt")])
+    assert not (tmp_path / "split.json").exists()
+    simplex.main([*flags, "--out", str(tmp_path / "split.pt"), "--resume"])
+    assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "split.pt").read_bytes()
+    net, _ = complexes.load(tmp_path / "whole.pt")
+    centroid4 = sum(net.weights(curves.simplex_point([j], [1.0], 5)) for j in range(4)) / 4
+    assert not torch.allclose(net.weights(curves.simplex_point([4], [1.0], 5)), centroid4)  # c2 trained after its start
+
+
+def test_the_volume_term_pushes_the_connectors_apart(three, tmp_path):
+    flags = ["--ckpts", *map(str, three), "--epochs", "1", "--grid", "0", *TINY, "--points", "0", "--num-points", "2"]
+    volumes = {}
+    for lam in ("0", "0.01"):
+        result = simplex.main([*flags, "--volume-reg", lam, "--out", str(tmp_path / f"v{lam}.pt")])
+        volumes[lam] = result["summary"]["volumes"]["connectors"]
+    assert volumes["0.01"] > 2 * volumes["0"]
+
+
+def test_bad_complexes_are_refused_in_one_line(three, tmp_path):
+    base = ["--epochs", "1", *TINY, "--out", str(tmp_path / "x.pt")]
+    with pytest.raises(UserError, match="same file"):
+        simplex.main(["--ckpts", str(three[0]), str(three[0]), str(three[1]), *base])
+    with pytest.raises(UserError, match="needs --connectors >= 2"):
+        simplex.main(["--ckpts", *map(str, three), "--connectors", "1", "--volume-reg", "0.1", *base])
+    with pytest.raises(UserError, match="at least one epoch per connector"):
+        simplex.main(["--ckpts", *map(str, three), "--order", "sequential", "--connectors", "2", *base])
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()
