@@ -21,6 +21,9 @@ Methods (Garipov et al. 2018, Section 5 and Figure 2c), each with its training b
              FGE took: what the extra budget buys a single model.
   endpoints  the independently trained --endpoints as ensembles of 1, 2, 3... members.
              Budget: the sum of the members' own epochs.
+  complex    with --complex (simplex.py): ESPRO of Benton et al. 2021, K = --k uniform samples of the
+             mode-connecting complex (a simplex uniformly, a Dirichlet(1) point in it; seed fixed).
+             Budget: the complex's endpoints' epochs + the complex's epochs.
 FGE, SSE and longer training see the same batches: the endpoint's own data order, continued.
 
 Optimiser: Adam, not the paper's SGD. The endpoints were trained with Adam, so its learning-rate
@@ -70,7 +73,7 @@ from lib import cli  # noqa: E402
 import curves  # noqa: E402
 import data  # noqa: E402
 from lib import images as image_files  # noqa: E402
-from lib import training  # noqa: E402
+from lib import complexes, training  # noqa: E402
 from lib.training import newest_curve, paired_se, recompute_bn, target_features  # noqa: E402
 from lib.files import (ENSEMBLE_FORMAT, UserError, ensure_dir, file_sha256, load_ae, load_curve, save_ae, save_figure,  # noqa: E402
                        write_json)
@@ -78,7 +81,8 @@ from lib.files import (ENSEMBLE_FORMAT, UserError, ensure_dir, file_sha256, load
 DEFINITION = ("ensemble reconstruction = mean of the members' reconstructions; its loss is the group's loss (and MSE) of "
               "that mean; each member's BatchNorm statistics are recomputed on the same training images first")
 METHODS = {"endpoints": "independent endpoints", "curve": "curve points (ends incl.)", "fge": "FGE",
-           "sse": "snapshot ensemble", "longer": "single, trained longer"}
+           "sse": "snapshot ensemble", "longer": "single, trained longer", "complex": "samples of the complex (ESPRO)"}
+COMPLEX_SEED = 0  # the complex's members: the same points on every run
 CHANNELS_LAST = torch.channels_last
 
 
@@ -89,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="independently trained endpoints of the curve's group, ensembled in this order (default: the curve's two)")
     p.add_argument("--fge-from", "--a", dest="fge_from", default=None,
                    help="endpoint that FGE, SSE and longer training start from (default: the first of --endpoints)")
+    p.add_argument("--complex", default=None, metavar="CKPT",
+                   help="also ensemble --k uniform samples of this mode-connecting complex (simplex.py; ESPRO, Benton et al. 2021)")
     p.add_argument("--points", type=cli.at_least_two, default=21, help="values of t in [0, 1] for Figure 2c")
     p.add_argument("--k", type=cli.at_least_two, default=5, help="points on the curve for its ensemble, at t = i/(k-1), ends included")
     p.add_argument("--select", nargs="+", choices=SELECTIONS, default=(), metavar="RULE",
@@ -498,6 +504,24 @@ def print_selection(sel: dict) -> None:
 
 # ---------------------------------------------------------------- input checks, budgets, figures
 
+def complex_ensembles(path: str, k: int, group: dict, ev: dict) -> tuple[dict, dict]:
+    """Ensembles of the first m = 1..k of k uniform samples of the complex at `path`, and its budget."""
+    net, ckpt = complexes.load(path)
+    config = ckpt["config"]
+    check_member(path, config, group)
+    parts = [{"what": f"endpoint {Path(e['path']).name}", "epochs": epochs_of(e["config"], e["path"])} for e in config["endpoints"]]
+    parts.append({"what": f"complex fit ({config['connectors']} connectors)", "epochs": epochs_of(config, path)})
+    budget = {"epochs": sum(p["epochs"] for p in parts), "parts": parts, "rule": "the complex's endpoints' epochs + its own"}
+    generator = torch.Generator().manual_seed(COMPLEX_SEED)
+    ens, growth = Ensemble(), []
+    for _ in tqdm(range(k), desc="complex ensembles", leave=False, disable=None, dynamic_ncols=True):
+        simplex, point = complexes.sample_point(config["simplexes"], net.num_bends, generator)
+        growth.append({**ens.add(member(net.export(point), ev)).score(ev), "budget_epochs": budget["epochs"],
+                       "simplex": simplex, "point": point})
+    return {"label": METHODS["complex"], "placement": "K uniform samples: a simplex uniformly, a Dirichlet(1) point in it",
+            "complex_ckpt": str(path), "growth": growth}, budget
+
+
 def epochs_of(config: dict, what: str) -> float:
     """A checkpoint's own training epochs, or a UserError: the budget cannot be accounted without it."""
     epochs = config.get("epochs")
@@ -537,6 +561,9 @@ def table_rows(methods: dict) -> list[dict]:
             g = methods[name]["growth"][-1]
             rows.append(row(name, f"{METHODS[name]}, {g['members']} models", g))
     rows.append(row("longer", METHODS["longer"], methods["longer"]["growth"][0]))
+    if "complex" in methods:
+        g = methods["complex"]["growth"][-1]
+        rows.append(row("complex", f"{g['members']} {METHODS['complex']}", g))
     return rows
 
 
@@ -671,6 +698,8 @@ def main(argv: list[str] | None = None) -> dict:
     for path, epochs in zip(endpoint_paths, np.cumsum(end_epochs).tolist()):
         growth.append({**ens.add(member(copy.deepcopy(loaded[str(path)][0]), ev)).score(ev), "budget_epochs": epochs, "path": str(path)})
     methods["endpoints"] = {"label": METHODS["endpoints"], "growth": growth}
+    if args.complex:
+        methods["complex"], budget["complex"] = complex_ensembles(args.complex, args.k, config, ev)
 
     fit = {"batch_size": batch_size, "seed": seed, "first_epoch": int(start_epochs), "device": device, "precision": precision}
     start_model = start_model.to(device, memory_format=CHANNELS_LAST)

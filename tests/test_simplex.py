@@ -227,3 +227,30 @@ def test_bad_complexes_are_refused_in_one_line(three, tmp_path):
     with pytest.raises(UserError, match="at least one epoch per connector"):
         simplex.main(["--ckpts", *map(str, three), "--order", "sequential", "--connectors", "2", *base])
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_espro_members_are_points_of_the_complex_scored_at_the_complexs_budget(fitted_complex, three, tmp_path):
+    import ensemble
+    import fit_curve
+
+    curve = tmp_path / "curve.pt"
+    fit_curve.main(["--a", str(three[0]), "--b", str(three[1]), "--epochs", "1", "--batch-size", "16", "--bn-images", "32",
+                    "--out", str(curve)])
+    out, _ = fitted_complex
+    result = ensemble.main(["--ckpt", str(curve), "--endpoints", *map(str, three), "--complex", str(out), "--k", "2",
+                            "--points", "2", "--fge-cycles", "1", "--cycle-steps", "2", "--no-sse", "--bn-images", "32",
+                            "--test-images", "12", "--eval-batch-size", "64", "--out", str(tmp_path / "ens")])
+    growth = result["methods"]["complex"]["growth"]
+    assert [g["members"] for g in growth] == [1, 2]
+    assert result["budget"]["complex"]["epochs"] == 3 * 3 + 2  # three endpoints of 3 epochs, the complex's 2
+    assert result["table"][-1]["method"] == "complex" and result["table"][-1]["members"] == 2
+    net, ckpt = complexes.load(out)
+    for g in growth:
+        assert min(g["point"]) >= 0 and sum(g["point"]) == pytest.approx(1)
+        assert all(c == 0 for j, c in enumerate(g["point"]) if j not in ckpt["config"]["simplexes"][g["simplex"]])
+    # the first member, evaluated as the CurveNet at its point (not the exported copy), gives the same loss
+    cfg = ckpt["config"]["data"]
+    test = data.load_split(cfg, "test")[:12]
+    training.recompute_bn(net, data.load_split(cfg, "train")[:32], 0.0, batch_size=64, device=torch.device("cpu"), t=growth[0]["point"])
+    direct = training.per_image_losses(net, test, ae.mse, batch_size=64, device=torch.device("cpu"), t=growth[0]["point"])["loss"]
+    assert growth[0]["test_loss"] == pytest.approx(direct.double().mean().item(), rel=1e-5)
