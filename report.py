@@ -25,7 +25,7 @@ import ae
 from lib import cli
 from lib.figures import plane_label
 from lib.training import CONVERGED_DROP, pair_label
-from lib.files import (CURVE_FORMAT, ENSEMBLE_FORMAT, EVAL_FORMAT, FUNCTION_SPACE_FORMAT, PLANE_FORMAT, UserError, file_sha256,
+from lib.files import (CURVE_FORMAT, ENSEMBLE_FORMAT, EVAL_FORMAT, FUNCTION_SPACE_FORMAT, PLANE_FORMAT, SIMPLEX_FORMAT, UserError, file_sha256,
                        atomic_write, load_checkpoint, read_result)
 
 # A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.
@@ -879,6 +879,56 @@ def planes_section(planes: list[dict], evals: list[dict], study_dir: Path, repor
     return "\n".join(text) + "\n"
 
 
+def load_simplexes(study: dict, study_dir: Path) -> list[dict]:
+    """The simplex.py JSONs of the study's plan that are there."""
+    return load_planned(study, study_dir, "simplex", "simplex/*.json", "simplex.py", SIMPLEX_FORMAT)
+
+
+def simplex_sentence(r: dict) -> str:
+    """Whether the group's endpoints are joined by a low-loss complex (its sampled points' maximum within CURVE_EXCESS of
+    the worse endpoint), in numbers, against the plain simplex of the endpoints alone."""
+    s = r["summary"]
+    c, plain = s["complex"]["test_loss"], s.get("plain", {}).get("test_loss")
+    ratio = lambda x: f"{x['ratio']:.2f}× ± {x['ratio_se']:.2f}"  # noqa: E731
+    low = c["max_vs_worse"]["ratio"] <= 1 + CURVE_EXCESS
+    text = (f"**{r['group']} group — {'yes' if low else 'no'}**: the {len(r['endpoints'])} endpoints are {'' if low else 'not '}joined by a "
+            f"low-loss complex ({r['connectors']} connector(s)): over {c['points']} uniform random points its test loss is at most "
+            f"{ratio(c['max_vs_worse'])} the worse endpoint's ({s['worse_test_loss']:.4g}; low-loss: at most {1 + CURVE_EXCESS:.2f}×), "
+            f"its 95th percentile {ratio(c['p95_vs_worse'])}")
+    if plain:
+        text += (f"; the plain {'triangle' if len(r['endpoints']) == 3 else 'simplex'} of the endpoints reaches {ratio(plain['max_vs_worse'])} "
+                 f"(95th percentile {ratio(plain['p95_vs_worse'])})")
+    return text + "."
+
+
+def simplexes_section(results: list[dict], study_dir: Path, report_dir: Path) -> str:
+    """Per group, the mode-connecting complex (simplex.py): its sentence, a table of its points, its figures."""
+    if not results:
+        return ""
+    text = ["## Simplexes (mode-connecting complexes)", "",
+            "Benton et al. 2021: the group's endpoints are fixed vertices and trainable connectors c_1 ... c_m are shared by the "
+            "simplexes {endpoint_i, c_1, ..., c_m}; every point of the complex is a network (BatchNorm recomputed there). Test loss "
+            "at uniform random points of each simplex and of the plain simplex of the endpoints alone, at every barycentre, and "
+            "along every path endpoint_i → c → endpoint_j; ratios to the worse endpoint ± SE (delta method)."]
+    header = ["where", "points", "max test loss", "× worse endpoint", "95th percentile", "× worse endpoint"]
+    for r in results:
+        s = r["summary"]
+        rows = [[name, t["points"], with_se(t["max"], t["max_se"]), f"{t['max_vs_worse']['ratio']:.2f} ± {t['max_vs_worse']['ratio_se']:.2f}",
+                 with_se(t["p95"], t["p95_se"]), f"{t['p95_vs_worse']['ratio']:.2f} ± {t['p95_vs_worse']['ratio_se']:.2f}"]
+                for name, t in (("the complex", s["complex"]["test_loss"]), ("plain simplex of the endpoints", s.get("plain", {}).get("test_loss")))
+                if t]
+        rows += [[f"barycentre {name}", 1, with_se(b["test_loss"], b["test_loss_se"]), f"{b['test_loss'] / s['worse_test_loss']:.2f}", "", ""]
+                 for name, b in r["barycentres"].items()]
+        volumes = ", ".join(f"{k} {v:.3g}" for k, v in s["volumes"].items())
+        text += ["", f"### {r['group']} group", "", simplex_sentence(r), "", table(header, rows), "",
+                 f"Volumes in weight space: {volumes}. Fit: {r['epochs']} epochs, lambda {r['volume_reg']:g}, {r['order']}.", ""]
+        for key, caption in (("triangles", "test loss over each triangle and the plain one"), ("paths", "paths through the connectors"),
+                             ("recon", "reconstructions at the vertices, barycentres and along a path")):
+            png = Path(r["_path"]).with_name(r["files"][key]) if key in r.get("files", {}) else None
+            text += [link(png, report_dir, f"{r['group']}: {caption}"), ""] if png and png.exists() else []
+    return "\n".join(text)
+
+
 def write_report(study_dir: Path, out: Path) -> Path:
     """Build the Markdown report of `study_dir` from its files and write it atomically to `out`."""
     study_dir, out = Path(study_dir), Path(out)
@@ -890,13 +940,15 @@ def write_report(study_dir: Path, out: Path) -> Path:
                   f"because: {study['vgg_fallback']}. Its loss is a random-feature loss, not a perceptual loss in the usual sense.", ""]
     lines += [f"Generated by report.py from the files in `{study_dir}` (no model was run). The answer comes first; the evidence "
               f"follows, and the last section gives the criterion, each group's verdict in numbers and the checks behind them.", ""]
-    sections = ["## The answer\n\n" + answer_summary(s["evals"]) + "\n",
+    simplexes = load_simplexes(study, study_dir)
+    sections = ["## The answer\n\n" + answer_summary(s["evals"]) + "\n"
+                + "".join(f"\nComplexes: {simplex_sentence(r)}\n" for r in simplexes),
                 setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
                 fits_section(study_dir.resolve(), s["evals"], report_dir),
                 figures_section(study_dir.resolve(), s["evals"], report_dir),
                 planes_section(load_planes(study, study_dir), s["evals"], study_dir.resolve(), report_dir),
                 objectives_section(s["evals"], s["arclength"]), aligned_curves_section(s["evals"], s["aligned_curves"]),
-                ensembles_section(s["ensembles"], report_dir),
+                ensembles_section(s["ensembles"], report_dir), simplexes_section(simplexes, study_dir.resolve(), report_dir),
                 function_space_section(load_function_space(study, study_dir), report_dir),
                 probes_section(s["evals"], report_dir, study_dir.resolve()),
                 "## Answer in detail\n\n" + answer_details(s["evals"], study) + "\n"]

@@ -48,6 +48,9 @@ PRESETS = {
         "arclength": {"mse": True, "perceptual": False}, "aligned_curves": False,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False}, "align": "activations",
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
+        # the mode-connecting complex of each group's endpoints (simplex.py), sized to cost at most 15% of the study
+        "simplex": True, "simplex_connectors": 2, "simplex_epochs": {"mse": 16, "perceptual": 3}, "simplex_points": 12,
+        "simplex_num_points": 7, "simplex_grid": {"mse": 6, "perceptual": 0},
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
@@ -61,6 +64,8 @@ PRESETS = {
         "arclength": True, "aligned_curves": True,
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True, "align": "activations",
         "plane_grid": 21,
+        "simplex": True, "simplex_connectors": 2, "simplex_epochs": 30, "simplex_points": 24, "simplex_num_points": 11,
+        "simplex_grid": 8,
     },
 }
 
@@ -89,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default="data/cache", help="where decoded datasets are cached (default: data/cache)")
     texts = {"synthetic_size": "synthetic training images", "n_train": "cap on training images", "n_test": "cap on test images",
              "width": "autoencoder width", "latent_dim": "bottleneck size", "batch_size": "batch size of training and fitting",
-             "epochs": "endpoint training epochs", "curve_epochs": "curve fitting epochs", "bn_images": "images for BatchNorm statistics",
+             "epochs": "endpoint training epochs", "curve_epochs": "curve fitting epochs", "simplex_epochs": "complex fitting epochs", "bn_images": "images for BatchNorm statistics",
              "train_images": "training images evaluated at each t", "test_images": "test images evaluated at each t"}
     for key, text in texts.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=cli.positive_int, default=None, help=preset_help(key, text))
@@ -130,6 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-function-space", action="store_true",
                    help="skip the function-space step (function_space.py: endpoints, snapshots, curve points and FGE members compared)")
     p.add_argument("--no-ensembles", action="store_true", help="skip the ensemble step (FGE and baselines)")
+    p.add_argument("--no-simplex", action="store_true",
+                   help="skip the simplex step (simplex.py: one mode-connecting complex over each group's endpoints)")
+    p.add_argument("--simplex-connectors", type=cli.positive_int, default=None,
+                   help=preset_help("simplex_connectors", "trainable vertices of each group's complex (simplex.py --connectors)"))
     p.add_argument("--arclength", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "arclength", "also fit the first pair of each group with fit_curve.py --objective arclength and evaluate it, for the "
                      "report's comparison of the two objectives (--arclength / --no-arclength: every group)"))
@@ -174,6 +183,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings["losses"] = list(dict.fromkeys(parse_group(g)["loss"] for g in groups))
     settings["plane"] = not args.no_plane
     settings["function_space"] = not args.no_function_space
+    settings["simplex"] = settings["simplex"] and not args.no_simplex
     if len(settings["seeds"]) < 2:
         raise UserError("a study needs at least 2 seeds per group to form a pair; pass --seeds 0 1 2")
     if len(set(settings["seeds"])) != len(settings["seeds"]):
@@ -250,6 +260,10 @@ FLAGS = {
                  ("--precision", "precision"), ("--no-sse", "no_sse"), ("--bn-images", "bn_images"),
                  ("--test-images", "test_images"), ("--vgg-weights", "vgg_file"), ("--device", "device")],
     "function_space": [("--t-points", "function_space_points"), ("--bn-images", "bn_images"), ("--device", "device")],
+    "simplex": [("--connectors", "simplex_connectors"), ("--epochs", "simplex_epochs"), ("--lr", "curve_lr"), ("--schedule", "schedule"),
+                ("--precision", "precision"), ("--batch-size", "batch_size"), ("--seed", "fit_seed"), ("--points", "simplex_points"),
+                ("--num-points", "simplex_num_points"), ("--grid", "simplex_grid"), *SUBSET_FLAGS, ("--vgg-weights", "vgg_file"),
+                ("--device", "device")],
 }
 
 
@@ -296,6 +310,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
                           "output": result, "inputs": [ckpt]})
     steps += evals
     steps += variant_steps(s, out, steps, evals, vgg)
+    steps += simplex_steps(s, out, precision, vgg)
     planes = plane_steps(s, out, vgg)
     steps += planes
     ensemble_losses = [g for g in s["groups"] if g in s["ensemble_losses"]] if s["ensembles"] else []  # plain groups only
@@ -340,6 +355,21 @@ def variant_steps(s: dict, out: Path, steps: list[dict], evals: list[dict], vgg:
         extra.append({"name": f"eval {loss} {curve} seeds {i}-{j} ({what})", "kind": f"eval-{setting}", "script": "eval_curve",
                       "argv": argv, "output": result, "inputs": [ckpt]})
     return extra
+
+
+def simplex_steps(s: dict, out: Path, precision: dict, vgg: str) -> list[dict]:
+    """simplex.py per loss group: one complex over all its endpoints (none with --no-simplex). It needs only the
+    endpoints, so a refitted curve does not refit it."""
+    if not s["simplex"]:
+        return []
+    steps = []
+    for loss in s["groups"]:
+        ends = [out / "ae" / f"{loss}_s{seed}.pt" for seed in s["seeds"]]
+        ckpt = out / "simplex" / f"{loss}.pt"
+        argv = ["--ckpts", *ends, *flags("simplex", s, loss, precision=precision[loss], vgg=vgg), "--out", ckpt]
+        steps.append({"name": f"simplex {loss}", "kind": "simplex", "script": "simplex", "argv": argv,
+                      "output": ckpt.with_suffix(".json"), "inputs": ends})
+    return steps
 
 
 def plane_steps(s: dict, out: Path, vgg: str) -> list[dict]:

@@ -23,7 +23,7 @@ MICRO = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-d
          "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16",
          "--train-images", "16", "--test-images", "8", "--vgg-weights", "random", "--device", "cpu",
          "--fge-cycles", "2", "--fge-cycle", "1", "--ensemble-k", "3", "--ensemble-points", "3", "--ensemble-losses", "mse", "perceptual",
-         "--plane-grid", "3"]
+         "--plane-grid", "3", "--simplex-epochs", "1"]
 
 
 # Holds the study folder argv[1] locked, as a running study would, until it is killed.
@@ -54,7 +54,7 @@ def test_report_has_every_table_and_figure(study):
     text = report.read_text()
     assert report == folder / "report.md"
     for heading in ("## Set-up", "## Endpoints", "## Curves", "## Figures", "## Planes (Figure 1)", "## Objectives", "## Ensembles",
-                    "## Function space", "## Linear probes of the code", "## Answer"):
+                    "## Function space", "## Linear probes of the code", "## Simplexes (mode-connecting complexes)", "## Answer"):
         assert heading in text
     for loss in ("mse", "perceptual"):
         assert f"figures/fig2_{loss}_bezier.png" in text and f"figures/strip_{loss}_s0-s1-bezier.png" in text
@@ -64,10 +64,11 @@ def test_report_has_every_table_and_figure(study):
     for link in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (folder / link).is_file(), link
     assert "Left out" not in text  # every file of this run fits its plan and settings
+    assert re.search(r"Complexes: \*\*mse group — (yes|no)\*\*", text) and "### perceptual group\n\n**perceptual group" in text
     assert "*Alignment, mse group:*" in text and "*Alignment, perceptual" not in text  # the quick preset aligns the mse group only
     record = json.loads((folder / "study.json").read_text())
     assert record["vgg_weights"] == "random" and record["n_train_images"] == 48
-    kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["plane"] * 2 + ["ensemble"] * 2 + ["function_space"] * 2 + ["plot"]
+    kinds = ["train"] * 4 + ["fit"] * 2 + ["eval"] * 2 + ["fit", "eval-arclength"] + ["simplex"] * 2 + ["plane"] * 2 + ["ensemble"] * 2 + ["function_space"] * 2 + ["plot"]
     assert [s["kind"] for s in record["steps"]] == kinds  # the arc-length objective: mse only
     assert "mse_s0-s1-bezier-arclength.pt" in record["steps"][8]["output"]
     objectives = text[text.index("## Objectives"):text.index("## Ensembles")]
