@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training.add_precision_arg(p)
     add_subset_args(p, "each evaluated point", EVAL_SUBSETS)
     p.add_argument("--points", type=cli.nonnegative_int, default=24,
-                   help=f"uniform random points evaluated in each simplex and in the plain simplex of the endpoints (seed {POINTS_SEED})")
+                   help=f"uniform random points evaluated in each simplex, then in the plain simplex of the endpoints (one stream, "
+                        f"seed {POINTS_SEED}: the same points for every complex of the same shape)")
     p.add_argument("--num-points", type=cli.at_least_two, default=11, help="evenly spaced t along each path endpoint_i -> c -> endpoint_j")
     p.add_argument("--grid", type=cli.nonnegative_int, default=8,
                    help="triangles only (m = 2, three endpoints): subdivisions of the barycentric grid of the heat maps (test "
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and out.exists() and not training.resume_path(out).exists():
         net, ckpt = complexes.load(out)
         net = net.to(device, memory_format=torch.channels_last)
-        history = ckpt.get("history", [])
+        history, run_config = ckpt.get("history", []), ckpt["config"]  # the fit as it was made, whatever the flags say now
         print(f"{out} is already complete; evaluating it")
     else:
         print(f"fitting a complex of {n} endpoints and {m} connector(s) ({group} loss, lambda {lam:g}, {args.order}, "
