@@ -18,7 +18,7 @@ from lib.files import UserError
 TINY = ["--synthetic-size", "48", "--n-test", "20", "--width", "4", "--latent-dim", "8", "--batch-size", "16",
         "--epochs", "1", "--curve-epochs", "1", "--seeds", "0", "1", "--num-points", "3", "--bn-images", "16", "--train-images", "16",
         "--test-images", "8", "--vgg-weights", "random", "--device", "cpu", "--losses", "mse", "--no-plane",
-        "--no-ensembles", "--no-function-space", "--no-arclength", "--threads-per-step", "1"]
+        "--no-ensembles", "--no-function-space", "--no-arclength", "--no-simplex", "--threads-per-step", "1"]
 RAY = ["--executor", "ray"]
 
 
