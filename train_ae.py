@@ -42,12 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training.add_precision_arg(p)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=256, help="images per forward pass when evaluating")
     cli.add_device_arg(p)
-    p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{group}_s{seed}.pt, the group being the loss with "
-                                                "+noise=SIGMA, +l1=LAMBDA when given); .json and .png are written beside it")
+    p.add_argument("--out", default=None, help="checkpoint path (default: runs/ae/{group}_s{seed}.pt, the group being the loss with +noise=SIGMA, "
+                                                "+l1=LAMBDA when given; --subspace: {group}_s{seed}-line.pt, -bezier.pt); .json, .png beside it")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--snapshots", type=cli.nonnegative_int, default=0, metavar="N",
                    help="keep N checkpoints per epoch, evenly spaced in optimiser steps, the last at the epoch's end, in "
                         "<out without .pt>.snapshots/step<global step>.pt (0: none)")
+    p.add_argument("--subspace", choices=("line", "bezier"), help="train a line (bezier: quadratic Bezier curve) of autoencoders from scratch instead "
+                   "(lib/subspace.py): ends (and bend) from seeds SEED, SEED+1 (SEED+2), all trained, one alpha ~ U(0,1) a batch; BatchNorm recomputed "
+                   "at each evaluated alpha; nets at alpha 0, 0.5, 1 in <out stem>-a0.pt, -a0.5.pt, -a1.pt. cos^2: of the ends' weights (bezier: all pairs)")
+    p.add_argument("--cosine-reg", type=cli.nonnegative_float, default=1.0, metavar="BETA", help="--subspace: adds BETA x cos^2(w_0, w_1) to the loss")
     return p.parse_args(argv)
 
 
@@ -67,6 +71,7 @@ def save_reconstructions(path: Path, model: torch.nn.Module, images: torch.Tenso
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.subspace: return cli.optional("subspace", "--subspace").main(args)  # noqa: E701  (lib/subspace.py: all of it)
     device = cli.pick_device(args.device)
     group = ae.group_name(args.loss, args.noise, args.l1)
     out = Path(args.out) if args.out else default_out(group, args.seed)

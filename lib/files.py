@@ -210,6 +210,7 @@ FUNCTION_SPACE_FORMAT = "aemc-function-space-v1"  # function_space.py's JSON
 STUDY_FORMAT = "aemc-study-v1"  # run_study.py's study.json
 COMPLEX_FORMAT, SIMPLEX_FORMAT = "aemc-complex-v1", "aemc-simplex-v1"  # simplex.py's complex checkpoint and its JSON
 CACHE_FORMAT = "aemc-cache-v1"  # data.py's decoded datasets
+SUBSPACE_FORMAT = "aemc-subspace-v1"  # train_ae.py --subspace's line checkpoint and its JSON
 WRITERS = {EVAL_FORMAT: "eval_curve.py", PLANE_FORMAT: "plane.py", ENSEMBLE_FORMAT: "ensemble.py",
            FUNCTION_SPACE_FORMAT: "function_space.py", STUDY_FORMAT: "run_study.py", SIMPLEX_FORMAT: "simplex.py"}
 
