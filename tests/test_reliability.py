@@ -267,7 +267,7 @@ def test_the_next_write_removes_temporary_files_of_killed_writes_but_not_fresh_o
 
 def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path):
     # mkstemp creates its file 0600: without a chmod, every checkpoint and figure would be private
-    files.write_text(tmp_path / "atomic.txt", "x")
+    files.atomic_write(tmp_path / "atomic.txt", lambda f: f.write("x"), binary=False)
     (tmp_path / "plain.txt").write_text("x")
     assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
 
