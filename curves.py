@@ -132,9 +132,9 @@ class CurveModule(nn.Module):
         coeffs = self.coeffs if coeffs is None else coeffs
         if coeffs is None:
             raise RuntimeError("curve layer called without t; call it through CurveNet")
-        bends = self.bends(name)
-        out = bends[0] * coeffs[0]
-        for c, w in zip(coeffs[1:], bends[1:]):
+        terms = [(c, w) for c, w in zip(coeffs, self.bends(name)) if c or w.requires_grad]  # a fixed bend at 0 adds exactly 0
+        out = terms[0][1] * terms[0][0]
+        for c, w in terms[1:]:
             out = out + w * c
         return out
 

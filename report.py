@@ -898,6 +898,10 @@ def simplex_sentence(r: dict) -> str:
     if plain:
         text += (f"; the plain {'triangle' if len(r['endpoints']) == 3 else 'simplex'} of the endpoints reaches {ratio(plain['max_vs_worse'])} "
                  f"(95th percentile {ratio(plain['p95_vs_worse'])})")
+    fit = r.get("fit") or {}
+    if fit and not fit.get("converged", True):
+        text += (f" (its fit had not converged: the barycentres' test loss still fell by {pct(fit['last_quarter_drop'])} over its "
+                 f"last {fit['last_quarter_epochs']} epoch(s))")
     return text + "."
 
 

@@ -49,8 +49,9 @@ PRESETS = {
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": {"mse": True, "perceptual": False}, "align": "activations",
         "plane_grid": {"mse": 9, "perceptual": 5},  # a perceptual grid point costs about 5 MSE ones
         # the mode-connecting complex of each group's endpoints (simplex.py), sized to cost at most 15% of the study
-        "simplex": True, "simplex_connectors": 2, "simplex_epochs": {"mse": 16, "perceptual": 3}, "simplex_points": 12,
-        "simplex_num_points": 7, "simplex_grid": {"mse": 6, "perceptual": 0},
+        # (docs/study.md): one connector, half the curves' epochs
+        "simplex": True, "simplex_connectors": 1, "simplex_epochs": {"mse": 5, "perceptual": 1}, "simplex_points": {"mse": 6, "perceptual": 4},
+        "simplex_num_points": 5, "simplex_grid": 0,
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
