@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default="data/cache", help="where decoded datasets are cached (default: data/cache)")
     texts = {"synthetic_size": "synthetic training images", "n_train": "cap on training images", "n_test": "cap on test images",
              "width": "autoencoder width", "latent_dim": "bottleneck size", "batch_size": "batch size of training and fitting",
-             "epochs": "endpoint training epochs", "curve_epochs": "curve fitting epochs", "simplex_epochs": "complex fitting epochs", "bn_images": "images for BatchNorm statistics",
+             "epochs": "endpoint training epochs", "curve_epochs": "curve fitting epochs", "simplex_epochs": "complex fitting epochs", "simplex_points": "random points evaluated per simplex of each complex", "bn_images": "images for BatchNorm statistics",
              "train_images": "training images evaluated at each t", "test_images": "test images evaluated at each t"}
     for key, text in texts.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=cli.positive_int, default=None, help=preset_help(key, text))

@@ -217,7 +217,7 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
         "--out", str(folder), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--seeds", "0", "1", "--width", "4",
         "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--curve-epochs", "1", "--num-points", "3", "--bn-images", "8",
         "--train-images", "4", "--test-images", "8", "--fge-cycles", "1", "--fge-cycle", "1", "--ensemble-k", "2",
-        "--ensemble-points", "3", "--plane-grid", "3"])
+        "--ensemble-points", "3", "--plane-grid", "3", "--simplex-epochs", "1", "--simplex-points", "2"])
     n_train, n_test = parts.count(0), parts.count(2)  # the partition's train and test splits
     setup = report.read_text().split("## Endpoints")[0]
     assert "Left out" not in setup  # its evaluations fit its settings: 8 test images asked, the 3 there used
@@ -290,7 +290,7 @@ def test_the_aligned_segment_is_evaluated_per_group_as_the_preset_or_flag_says()
 
 
 def test_aligned_curves_are_a_second_fit_compared_in_the_report_not_a_pair_of_the_verdict(tmp_path):
-    args = [*MICRO, "--losses", "mse", "--aligned-curves", "--no-arclength", "--no-plane", "--no-ensembles",
+    args = [*MICRO, "--losses", "mse", "--aligned-curves", "--no-arclength", "--no-plane", "--no-ensembles", "--no-simplex",
             "--out", str(tmp_path / "study"), "--cache-dir", str(tmp_path / "cache")]
     steps = run_study.plan(run_study.resolve_settings(run_study.parse_args(args)), tmp_path / "study", "random")
     fit, evaluation = [s for s in steps if "aligned to A" in s["name"]]
@@ -309,7 +309,7 @@ def test_aligned_curves_are_a_second_fit_compared_in_the_report_not_a_pair_of_th
 
 
 def test_groups_with_denoising_and_sparse_variants_get_a_section_and_verdict_each(tmp_path):
-    common = ["--no-plane", "--no-ensembles", "--no-function-space", "--no-arclength", "--no-aligned",
+    common = ["--no-simplex", "--no-plane", "--no-ensembles", "--no-function-space", "--no-arclength", "--no-aligned",
               "--out", str(tmp_path / "study"), "--cache-dir", str(tmp_path / "cache")]
     args, plain = [*MICRO, "--groups", "mse", "mse+noise=0.1", "mse+l1=1e-3", *common], [*MICRO, "--losses", "mse", *common]
     plan = lambda argv: run_study.plan(run_study.resolve_settings(run_study.parse_args(argv)), tmp_path / "study", "random")  # noqa: E731
