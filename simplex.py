@@ -115,7 +115,7 @@ def fit(args, net, n, m, objective, train_images, test_images, bn_images, device
     start, history = 0, []
     if args.resume and resume_file.exists():
         start = int(load_checkpoint(resume_file, RESUME_FORMAT, ("epoch",))["epoch"]) + 1
-    optimizer = new_phase(net, plan[phase_of(plan, min(start, args.epochs - 1))], args, init=start == 0)
+    optimizer = new_phase(net, plan[phase_of(plan, min(start, args.epochs - 1))], args, init=False)  # build() placed them
     if args.resume and resume_file.exists():
         start, history = training.load_resume(resume_file, net, optimizer, run_config)
         print(f"resuming {out} after epoch {start}")
@@ -271,15 +271,18 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
     vertex_point = lambda v: curves.simplex_point([v], [1.0], k)  # noqa: E731
 
     # every path endpoint_i -> c -> endpoint_j, as a 3-bend PolyChain (the same network at every point, tested)
-    paths = {}
+    states = [net.state_dict_at(vertex_point(v)) for v in range(k)]
+    paths, path_vertices = {}, {}
     for (i, j), c in itertools.product(itertools.combinations(range(n), 2), range(n, k)):
         chain = curves.CurveNet(net.template, "polychain", 3)
         for b, v in enumerate((i, c, j)):
-            chain.import_endpoint(net.state_dict_at(vertex_point(v)), b, buffers=b == 0)
-        paths[f"{names[i]}-{names[c]}-{names[j]}"] = chain.to(device, memory_format=torch.channels_last)
+            chain.import_endpoint(states[v], b, buffers=b == 0)
+        name = f"{names[i]}-{names[c]}-{names[j]}"
+        paths[name], path_vertices[name] = chain.to(device, memory_format=torch.channels_last), (i, c, j)
+    del states
     anchors = anchor_values(paths, [0.0, 0.5, 1.0], population, objective, **common)
-    vertex_values = {}
-    for name, (i, c, j) in zip(paths, [(i, c, j) for (i, j), c in itertools.product(itertools.combinations(range(n), 2), range(n, k))]):
+    vertex_values = {}  # each vertex's per-image values on every image, from the paths' anchors (each evaluated once)
+    for name, (i, c, j) in path_vertices.items():
         vertex_values.update({i: anchors[name][0.0], c: anchors[name][0.5], j: anchors[name][1.0]})
     features = target_features(objective, split_images, args.eval_batch_size, device)
 
