@@ -91,7 +91,7 @@ def vgg16_trunk(seed: int | None = None) -> nn.Sequential:
     """VGG16's convolutional trunk (torchvision's `features`) alone: building the whole VGG16 would also initialise
     its 120M-parameter classifier, seconds of work the loss never uses. With `seed`, initialised as torchvision
     does from that seed (the "random" weights of offline runs: the same for every endpoint of a group). The
-    ImageNet or file weights are loaded by lib/files.py (vgg16_features)."""
+    ImageNet or file weights are loaded by lib/vgg.py (vgg16_features)."""
     from torchvision.models.vgg import cfgs, make_layers
 
     features = make_layers(cfgs["D"])

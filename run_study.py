@@ -32,7 +32,9 @@ import ensemble
 import report
 from lib import cli, executors, training
 from lib.executors import folder_lock
-from lib.files import STUDY_FORMAT, UserError, ensure_dir, file_sha256, vgg16_features, write_json
+from lib.files import STUDY_FORMAT, UserError, ensure_dir, file_sha256, write_json
+from lib.vgg import vgg16_features
+
 # Every value can be overridden by the flag of the same name. A value given per loss group (a dict)
 # is spent where it buys quality: an MSE image costs about a fifth of a perceptual one (docs/performance.md).
 PRESETS = {

@@ -1,5 +1,5 @@
 """Files on disk: atomic writes, checkpoints that are checked before they are trusted, the format tags of
-every file the toolkit writes, result JSONs, and VGG16 weight files.
+every file the toolkit writes, and result JSONs (VGG16 weight files: lib/vgg.py).
 
 Every file the project writes goes through `atomic_write`: it is written to a temporary file in
 the same folder and renamed into place, so a crash or a full disk leaves the previous file (or
@@ -270,46 +270,3 @@ def load_curve(path: str | os.PathLike, check_endpoints: bool = True):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:150]
-
-
-def vgg16_features(weights: str = "imagenet", seed: int = 0) -> torch.nn.Sequential:
-    """VGG16's convolutional trunk with ImageNet weights ('imagenet', through torchvision's weights API and torch's
-    download cache), a state-dict file (a path), or a random initialisation from a fixed seed ('random', for
-    offline runs only: the same for every endpoint, so all members of a loss group share one loss)."""
-    from torchvision.models import VGG16_Weights
-
-    if weights == "random":
-        return ae.vgg16_trunk(seed)
-    features = ae.vgg16_trunk()
-    if weights == "imagenet":
-        url = VGG16_Weights.IMAGENET1K_V1.url
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        try:
-            state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
-        except Exception as e:
-            raise UserError(f"could not get ImageNet VGG16 weights ({type(e).__name__}); offline, download {url} "
-                            f"elsewhere and put it at {cached}, or pass --vgg-weights PATH") from None
-        source = cached
-    else:
-        source = Path(weights)
-        if not source.is_file():
-            raise UserError(f"VGG16 weight file {source} does not exist; use --vgg-weights imagenet, random, or an existing .pth file")
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"cannot read VGG16 weights from {source}: {load_failure(e)}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if isinstance(state, dict) and any(str(k).startswith("features.") for k in state):
-        state = {k[len("features."):]: v for k, v in state.items() if str(k).startswith("features.")}
-    try:
-        features.load_state_dict(state)
-    except Exception as e:
-        raise UserError(f"{source} is not a VGG16 state dict ({str(e).splitlines()[0][:120]}); "
-                        f"save torchvision's vgg16().state_dict()") from None
-    return features
-
-
-def vgg_weights_name(weights: str) -> str:
-    """What a config records of --vgg-weights: imagenet, random, or file:<the file's name>."""
-    return weights if weights in ("imagenet", "random") else f"file:{Path(weights).name}"

@@ -25,8 +25,7 @@ import ae
 import curves
 from lib import cli, files
 from data import batch_indices, batches, to_batch
-from lib.files import (CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint, vgg16_features,
-                       vgg_weights_name)
+from lib.files import CheckpointError, UserError, load_checkpoint, plain_equal, save_checkpoint
 
 SCHEDULES = ("ref", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16-vgg", "bf16")
@@ -144,13 +143,14 @@ def as_objective(loss: Callable | Objective) -> Objective:
 
 def make_loss(name: str, vgg_weights: str = "imagenet", vgg_layers: tuple[str, ...] = ae.VGG_DEFAULT_LAYERS):
     """The training loss by name: a callable (recon, target, reduction='mean') -> tensor; the perceptual loss's VGG16
-    weights are imagenet, random or a file (lib/files.py, vgg16_features)."""
+    weights are imagenet, random or a file (lib/vgg.py, imported only for it)."""
     if name == "mse":
         return ae.mse
     if name != "perceptual":
         raise UserError(f"unknown loss {name!r}; choose one of {', '.join(ae.LOSSES)}")
+    vgg = cli.optional("vgg", "--loss perceptual")
     try:
-        return ae.PerceptualLoss(vgg16_features(vgg_weights), tuple(vgg_layers), vgg_weights_name(vgg_weights))
+        return ae.PerceptualLoss(vgg.vgg16_features(vgg_weights), tuple(vgg_layers), vgg.vgg_weights_name(vgg_weights))
     except ValueError as e:
         raise UserError(str(e)) from None
 

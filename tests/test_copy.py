@@ -70,3 +70,8 @@ def test_a_bare_copy_of_the_card_chain_runs_on_the_default_data(tmp_path):
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0, missing.stderr
     assert "--aligned needs lib/align.py" in missing.stderr
     assert not (tmp_path / "runs/aligned.eval.json").exists()
+
+    missing = run("train_ae.py", "--loss", "perceptual", "--vgg-weights", "random", "--seed", "2", "--epochs", "1", *data)
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0, missing.stderr
+    assert "--loss perceptual needs lib/vgg.py" in missing.stderr
+    assert not (tmp_path / "runs/ae/perceptual_s2.pt").exists()

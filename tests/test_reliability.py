@@ -28,7 +28,7 @@ from PIL import Image
 import ae
 import data
 import eval_curve
-from lib import files
+from lib import files, vgg
 import fit_curve
 import plot
 import train_ae
@@ -348,7 +348,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
         "load_ae": lambda: files.load_ae(evil),
         "load_curve": lambda: files.load_curve(evil),
         "load_resume": lambda: training.load_resume(evil, model, torch.optim.Adam(model.parameters()), {}),
-        "vgg16_features": lambda: files.vgg16_features(str(evil)),
+        "vgg16_features": lambda: vgg.vgg16_features(str(evil)),
     }
     for name, attempt in attempts.items():
         with pytest.raises(UserError) as err:
@@ -368,7 +368,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
 def test_a_vgg_file_that_would_run_code_is_refused_clearly(tmp_path):
     evil, marker = armed(tmp_path)
     with pytest.raises(UserError, match=r"cannot read VGG16 weights from .*evil\.pt: it holds pickled Python objects"):
-        files.vgg16_features(str(evil))
+        vgg.vgg16_features(str(evil))
 
 
 def calls(tree: ast.AST):
@@ -969,7 +969,7 @@ def fuzz_one(loader: str, path: Path, templates: dict, kind: str, capsys) -> Non
             model(x.expand(2, -1, -1, -1)).mean().backward()  # a loaded state must train
             optimizer.step()
         elif loader == "vgg16_features":
-            files.vgg16_features(str(path))
+            vgg.vgg16_features(str(path))
         elif loader == "cache":
             templates["cache"].write_bytes(path.read_bytes())
             images = data.load_split(templates["cache_config"], "train", progress=False)
@@ -1005,7 +1005,7 @@ def test_cache_whose_key_holds_a_tensor_is_rebuilt(templates, capsys):
 def test_vgg_file_with_a_non_string_key_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1), 0: torch.zeros(1)}, tmp_path / "vgg.pth")
     with pytest.raises(UserError, match="not a VGG16 state dict"):
-        files.vgg16_features(str(tmp_path / "vgg.pth"))
+        vgg.vgg16_features(str(tmp_path / "vgg.pth"))
 
 
 def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them(tmp_path, monkeypatch, capsys):
