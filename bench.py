@@ -28,7 +28,7 @@ import data
 import eval_curve
 import fit_curve
 import plane
-from lib import images as image_files, training
+from lib import images as image_files, training, vgg
 from lib.files import UserError, write_json
 
 
@@ -261,6 +261,25 @@ def bench_plane(args, device, setup: tuple, eval_point_s: float) -> dict:
             "eval_point_s": eval_point_s, "over_eval_point": seconds / eval_point_s}
 
 
+def bench_quality(args, device, setup: tuple) -> dict:
+    """7. What the image quality costs in eval_curve.py's default evaluation: one point off the anchors (BatchNorm, losses,
+    reconstructions) with and without PSNR and SSIM of the default --quality-images test images, alternated; and one
+    point with LPIPS too (a random VGG16 trunk under torchmetrics' calibrated layers: the cost of ImageNet's)."""
+    train, test, net = setup
+    d = eval_curve.parse_args([])
+    subsets, bn = {"train": train[: d.train_images], "test": test[: d.test_images]}, train[: d.bn_images]
+    lpips, _ = vgg.lpips_metric("random", None, device)
+    variants = {"without": None, "psnr_ssim": training.Quality(d.quality_images), "with_lpips": training.Quality(d.quality_images, lpips)}
+    point = lambda quality: lambda: training.evaluate_point(net, subsets, ae.mse, bn_images=bn, batch_size=d.eval_batch_size,  # noqa: E731
+                                                            device=device, t=0.3, quality=quality)
+    times = dict(zip(variants, alternated([point(q) for q in variants.values()], max(3, args.repeats // 3))))
+    s = {name: statistics.median(t) for name, t in times.items()}
+    ratio = s["psnr_ssim"] / s["without"]
+    return {"quality_images": d.quality_images, "subsets": {"bn": d.bn_images, "train": d.train_images, "test": d.test_images},
+            "s_per_point": s, "psnr_ssim_over_without": ratio, "lpips_over_without": s["with_lpips"] / s["without"],
+            "target": "<= 1.15", "met": ratio <= 1.15}
+
+
 def bench_data(args, device, train_rate: float) -> dict:
     """4. Images per second of an epoch from the uint8 cache vs decoding JPEG files every epoch."""
     images = data.synthetic_faces(0, 4096)
@@ -344,10 +363,10 @@ def machine(device: torch.device) -> dict:
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
              if line.startswith("model name")]
-    native = training.native_bf16()
+    native = vgg.native_bf16()
     return {"device": str(device), "cpu": names[0] if names else platform.processor() or platform.machine(),
             "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), **native,
-            "cpu_bf16_speedup": training.cpu_bf16_speedup() if device.type == "cpu" and any(native.values()) else None,
+            "cpu_bf16_speedup": vgg.cpu_bf16_speedup() if device.type == "cpu" and any(native.values()) else None,
             "auto_precision": {loss: training.resolve_precision("auto", device, loss) for loss in ae.LOSSES},
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
 
@@ -385,6 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"5. perceptual / mse step: {results['perceptual']['perceptual_over_mse']:.1f}", flush=True)
     results["plane"] = bench_plane(args, device, setup, results["eval"]["default_s_per_point"])
     print(f"6. plane grid point: {results['plane']['s_per_point']:.2f} s", flush=True)
+    results["quality"] = q = bench_quality(args, device, setup)
+    print(f"7. eval point with PSNR and SSIM / without: {q['psnr_ssim_over_without']:.3f}; with LPIPS too: {q['lpips_over_without']:.2f}", flush=True)
     if args.study:
         results["study"] = bench_study(args)
     missed = [name for name, _, _, met in table_rows(results) if met is False]
@@ -419,9 +440,14 @@ def table_rows(r: dict) -> list[tuple]:
         g = r["plane"]
         rows.append((f"6. plane.py grid point (subsets {g['subsets']['bn']}/{g['subsets']['train']}/{g['subsets']['test']}) / eval point",
                      f"{g['s_per_point']:.2f} s, {g['over_eval_point']:.2f}x", "-", None))
+    if "quality" in r:
+        q = r["quality"]
+        rows.append((f"7. eval point with PSNR + SSIM of {q['quality_images']} test images / without", f"{q['psnr_ssim_over_without']:.3f}",
+                     "<= 1.15", q["met"]))
+        rows.append(("   eval point with LPIPS too / without", f"{q['lpips_over_without']:.2f}x", "-", None))
     if "study" in r:
         s = r["study"]
-        rows.append(("7. quick study wall time", f"{s['total_s']:.0f} s (" + ", ".join(f"{k} {v:.0f}" for k, v in s["per_kind_s"].items()) + ")",
+        rows.append(("8. quick study wall time", f"{s['total_s']:.0f} s (" + ", ".join(f"{k} {v:.0f}" for k, v in s["per_kind_s"].items()) + ")",
                      "<= 360 s", s["met"]))
     return rows
 

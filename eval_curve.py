@@ -3,11 +3,12 @@
 For each of num_points values of t in [0, 1], on the curve and on the segment between the same
 endpoints (with --aligned also on the segment to B permuted to match A, align.py): BatchNorm
 statistics recomputed at t, then train and test loss (the group's loss, and MSE) as mean +-
-standard error, and the weight-space length element. The default estimator evaluates a few
+standard error, image quality of the first --quality-images test images (PSNR, SSIM and, when VGG16's ImageNet
+weights can be had, LPIPS), and the weight-space length element. The default estimator evaluates a few
 anchors (the ends and --anchors) on every image of both splits and, at every other t, a fixed
 subset whose mean it corrects with the anchors' per-image losses as control variates. Writes an
 evaluation JSON (per-t values and per-path summaries with barrier heights), an npz of
-reconstructions of fixed test images, and PNG grids (rows = images, columns = t), one per path.
+reconstructions of fixed test images at every t, and PNG grids (rows = images, columns = t), one per path.
 """
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 import ae
-import curves
 import data
 from lib import cli, training
 from lib.training import (ANCHORS, CURVE_DIR, ESTIMATORS, EVAL_NOISE_SEED, EVAL_SUBSETS, NEAR_ZERO, add_subset_args,
-                            anchor_values, convergence, evaluate_path, newest_curve, recompute_bn, segment_of, target_features)
-from lib.files import EVAL_FORMAT, UserError, atomic_write, ensure_dir, file_sha256, load_curve, save_ae, write_json
+                          anchor_values, convergence, evaluate_path, newest_curve, segment_of, target_features)
+from lib.files import EVAL_FORMAT, UserError, atomic_write, ensure_dir, file_sha256, load_curve, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="values of t probed (default: those of the reconstruction grids' columns)")
     p.add_argument("--probe-train-images", type=cli.positive_int, default=2000,
                    help="training images whose codes fit each probe (scored on the --test-images test images)")
+    p.add_argument("--quality-images", type=cli.nonnegative_int, default=250,
+                   help="test images (the first of --test-images) whose reconstructions' PSNR, SSIM and LPIPS are measured at each t "
+                        "(SSIM costs about one forward pass per image); 0: none")
+    p.add_argument("--lpips", default="auto", metavar="WEIGHTS",
+                   help="VGG16 weights of LPIPS-VGG (its calibrated linear layers ship with torchmetrics): auto (the perceptual "
+                        "loss's own, else ImageNet's if torch's cache has them; else no LPIPS, and the JSON says why), imagenet (the "
+                        "cache or a download), a state-dict file, random (an uncalibrated backbone, recorded as lpips_uncalibrated), or none")
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
     training.add_precision_arg(p, default="fp32")
     data.add_data_args(p, inherit=True)
@@ -77,16 +84,6 @@ def fit_record(ckpt: dict) -> dict | None:
             "history": history, **convergence(history)}
 
 
-def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,
-               device: torch.device, loss_fn=ae.mse) -> Path:
-    """Save phi(t), with BatchNorm statistics recomputed at t (on the inputs `loss_fn`'s objective sees), as an
-    autoencoder checkpoint."""
-    recompute_bn(net, bn_images, training.as_objective(loss_fn).noise, batch_size=batch_size, device=device, t=t)
-    endpoint = config["endpoints"][0]["config"]
-    point_config = {**endpoint, "seed": None, "curve_point": {"curve": config["curve"], "t": t, "endpoints": [e["path"] for e in config["endpoints"]]}}
-    return save_ae(path, net.export(t), point_config, {"t": t})
-
-
 def save_grid(path: Path, recon: torch.Tensor) -> None:
     """PNG grid of reconstructions [columns, images, 3, H, W]: one row per image, one column per t."""
     grid = make_grid(recon.transpose(0, 1).reshape(-1, *recon.shape[2:]), nrow=recon.shape[0], padding=2, pad_value=1.0)
@@ -95,13 +92,15 @@ def save_grid(path: Path, recon: torch.Tensor) -> None:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['curve']} curve vs segment, {result['group']} loss ({Path(result['curve_ckpt']).name}):")
-    width = max(8, *map(len, result["paths"]))
-    print(f"{'path':{width}} {'metric':10} {'t=0':>9} {'t=1':>9} {'max':>9} {'mean':>9} {'integral':>9} {'barrier':>9} {'rel':>7}")
-    for path in result["paths"]:
-        for name in ("train_loss", "test_loss"):
-            s = result["paths"][path]["summary"][name]
-            print(f"{path:{width}} {name:10} {s['start']:9.5f} {s['end']:9.5f} {s['max']:9.5f} {s['mean']:9.5f} "
-                  f"{s['integral']:9.5f} {s['barrier']:9.5f} {100 * s['barrier_rel']:6.1f}%")
+    width, summaries = max(8, *map(len, result["paths"])), {path: r["summary"] for path, r in result["paths"].items()}
+    names = [n for n in ("train_loss", "test_loss", "test_psnr", "test_ssim", "test_lpips", "test_lpips_uncalibrated")
+             if n in next(iter(summaries.values()))]  # losses, then the image quality of the first --quality-images test images
+    print(f"{'path':{width}} {'metric':10} {'t=0':>9} {'t=1':>9} {'min':>9} {'max':>9} {'mean':>9} {'barrier':>9} {'rel':>7}")
+    for path, summary in summaries.items():
+        for name in names:
+            s = summary[name]
+            print(f"{path:{width}} {name:10} {s['start']:9.5f} {s['end']:9.5f} {s['min']:9.5f} {s['max']:9.5f} {s['mean']:9.5f} "
+                  f"{s['barrier']:9.5f} {100 * s['barrier_rel']:6.1f}%")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,6 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
     columns = sorted({int(round(i * (args.num_points - 1) / (args.columns - 1))) for i in range(args.columns)})
 
     precision = training.resolve_precision(args.precision, device, config["loss"])
+    try:
+        lpips, lpips_record = cli.optional("vgg", "--lpips").lpips_metric(
+            args.lpips if args.quality_images else "none", args.vgg_weights or config.get("vgg_weights"), device)
+    except UserError as e:
+        if args.lpips != "auto":
+            raise
+        lpips, lpips_record = None, {"metric": None, "reason": str(e)}
+    quality = training.Quality(args.quality_images, lpips, lpips_record["metric"] or "lpips") if args.quality_images else None
     anchor_ts = sorted({0.0, 1.0, *args.anchors}) if args.estimator == "control-variates" else []
     t0 = time.time()
     result = {"format": EVAL_FORMAT, "curve_ckpt": str(ckpt_path), "curve_sha256": file_sha256(ckpt_path),
@@ -143,11 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
               "endpoint_seeds": [e["config"].get("seed") for e in config["endpoints"]],
               "settings": {"num_points": args.num_points, "bn_images": len(bn_images), "train_images": len(split_images["train"]),
                            "test_images": len(split_images["test"]), "images": len(shown), "columns": len(columns),
+                           "quality_images": min(args.quality_images, len(split_images["test"])),
                            "estimator": args.estimator, "anchors": anchor_ts,
                            "population": {"train": len(train_images), "test": len(test_images)},
                            "precision": precision, "eval_noise_seed": EVAL_NOISE_SEED,
                            **({"near_zero": NEAR_ZERO} if loss_fn.l1 else {})},
-              "t": ts, "columns_t": [ts[i] for i in columns], "fit": fit_record(ckpt), "paths": {}}
+              "lpips": lpips_record, "t": ts, "columns_t": [ts[i] for i in columns], "fit": fit_record(ckpt), "paths": {}}
     recon = {}
     paths = {"curve": net, "segment": segment_of(net)}
     if args.aligned:
@@ -159,24 +167,25 @@ def main(argv: list[str] | None = None) -> dict:
                                                                        ts, columns, device, loss_fn.noise)
     paths = {name: path_net.to(device, memory_format=torch.channels_last) for name, path_net in paths.items()}
     anchors = anchor_values(paths, anchor_ts, {"train": train_images, "test": test_images}, loss_fn, bn_images=bn_images,
-                            batch_size=args.eval_batch_size, device=device, precision=precision) if anchor_ts else {}
+                            batch_size=args.eval_batch_size, device=device, precision=precision, quality=quality) if anchor_ts else {}
     features = target_features(loss_fn, split_images, args.eval_batch_size, device)  # after the anchors': one set in memory at a time
     for name, path_net in paths.items():
         result["paths"][name], recon[name] = evaluate_path(
-            path_net, ts, split_images, loss_fn, bn_images=bn_images, shown=shown, columns=columns,
+            path_net, ts, split_images, loss_fn, bn_images=bn_images, shown=shown, columns=range(len(ts)),
             batch_size=args.eval_batch_size, device=device, desc=f"{name} ({args.num_points} points)", features=features,
-            precision=precision, anchors=anchors.get(name))
+            precision=precision, anchors=anchors.get(name), quality=quality)
     result["seconds"] = time.time() - t0
 
     to_u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731
     npz, grids = out.with_name(f"{stem}.npz"), {name: out.with_name(f"{stem}.{name}.png") for name in paths}
-    atomic_write(npz, lambda f: np.savez_compressed(f, t=np.asarray(result["columns_t"]), originals=shown_u8.numpy(),
+    atomic_write(npz, lambda f: np.savez_compressed(f, t=np.asarray(ts), columns=np.asarray(columns), originals=shown_u8.numpy(),
                                                     **{name: to_u8(images) for name, images in recon.items()}))
     for name, png in grids.items():
-        save_grid(png, recon[name])
+        save_grid(png, recon[name][columns])
     result["files"] = {"npz": npz.name, **{f"{name}_png": png.name for name, png in grids.items()},
-                       "points": [save_point(net, t, out.with_name(f"{stem}.t{t:.3f}.pt"), config, bn_images, args.eval_batch_size,
-                                             device, loss_fn).name for t in args.save_t]}
+                       "points": [cli.optional("snapshots", "--save-t").save_point(net, t, out.with_name(f"{stem}.t{t:.3f}.pt"), config,
+                                                                                    bn_images, args.eval_batch_size, device, loss_fn).name
+                                  for t in args.save_t]}
     write_json(out, result)  # last: its presence means the evaluation and its images are complete
     print_table(result)
     if result.get("probe"):

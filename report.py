@@ -35,6 +35,8 @@ SEGMENT_BARRIER = 0.10
 SEGMENT_OVER_CURVE = 2.0
 # A barrier (or a curve's excess over its worse end) within this many standard errors of zero counts as none.
 SIGNIFICANCE = 2.0
+# Image quality stays at the endpoints' level along a path if its lowest SSIM is at most this fraction below the lower end's.
+SSIM_DROP = 0.05
 
 # The verdict categories' headlines, as the report states them.
 HEADLINES = {
@@ -443,9 +445,9 @@ def find_figure(folder: Path, name: str) -> Path | None:
 
 
 def link(path: Path, report_dir: Path, caption: str) -> str:
-    """Markdown image (PNG) or link (other formats) to `path`, relative to the report's folder."""
+    """Markdown image (PNG, GIF) or link (other formats) to `path`, relative to the report's folder."""
     rel = quote(Path(os.path.relpath(Path(path).resolve(), report_dir)).as_posix())
-    return f"![{caption}]({rel})" if path.suffix == ".png" else f"[{caption}]({rel})"
+    return f"![{caption}]({rel})" if path.suffix in (".png", ".gif") else f"[{caption}]({rel})"
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -559,7 +561,8 @@ def figures_section(study_dir: Path, evals: list[dict], report_dir: Path) -> str
             found = find_figure(figures, f"fig2_{loss}_{curve}")
             text += [link(found, report_dir, f"Figure 2: {loss}, {curve} curves vs segments"), ""] if found else []
         for e in members:
-            for kind, what in (("strip", "images along the curve and the segment"), ("pair", "loss along the curve and the segment")):
+            for kind, what in (("strip", "images along the curve and the segment"), ("recon", "the same as t runs from 0 to 1 (GIF)"),
+                               ("pair", "loss along the curve and the segment")):
                 found = find_figure(figures, f"{kind}_{stem(e)}")
                 text += [link(found, report_dir, f"{pair_label(e)} ({e['curve']}): {what}"), ""] if found else []
     if not any(line.startswith(("!", "[")) for line in text):
@@ -860,6 +863,74 @@ def plane_sentence(plane: dict, evaluation: dict | None) -> str:
     return text
 
 
+def quality_worst(values: dict, metric: str) -> tuple[float, float, float]:
+    """A path's worst value of an image-quality metric (the lowest SSIM or PSNR, the highest LPIPS), its SE and its t."""
+    v = values[metric]
+    i = max(range(len(v)), key=lambda k: v[k]) if "lpips" in metric else min(range(len(v)), key=lambda k: v[k])
+    return v[i], values[f"{metric}_se"][i], i
+
+
+def ssim_numbers(result: dict) -> dict:
+    """One pair's SSIM: the lower end, each path's lowest value (± its SE, at its t) and its drop below the lower end;
+    a path keeps the quality when the drop is at most SSIM_DROP or within SIGNIFICANCE standard errors of zero."""
+    out = {}
+    for path, values in result["paths"].items():
+        low, se, i = quality_worst(values, "test_ssim")
+        end = min(values["test_ssim"][0], values["test_ssim"][-1])
+        drop = 1 - low / end if end > 0 else 0.0
+        out[path] = {"ends": (values["test_ssim"][0], values["test_ssim"][-1]), "low": low, "se": se, "t": result["t"][i], "drop": drop,
+                     "keeps": drop <= SSIM_DROP or not significant(end - low, se)}
+    return out
+
+
+def lpips_note(evals: list[dict]) -> str:
+    """What the evaluations say of LPIPS: measured (with which backbone), uncalibrated, or not measured and why."""
+    records = [e.get("lpips") or {"metric": None, "reason": "the evaluation predates LPIPS"} for e in evals]
+    if all(r["metric"] is None for r in records):
+        return "LPIPS was not measured: " + "; ".join(sorted({r["reason"] for r in records})) + "."
+    kinds = sorted({f"{r['metric']} (VGG16 backbone: {r['backbone']})" for r in records if r["metric"]})
+    note = "LPIPS-VGG with torchmetrics' calibrated linear layers: " + ", ".join(kinds) + "."
+    return note + (" A random backbone makes LPIPS **uncalibrated**: its numbers are labelled so and are not LPIPS in the "
+                   "published sense." if any(r["metric"] == "lpips_uncalibrated" for r in records) else "")
+
+
+def quality_sentence(group: str, members: list[dict]) -> str:
+    """Does image quality (SSIM) stay at the endpoints' level along the group's curves, and along the segments?"""
+    numbers = [ssim_numbers(e) for e in members if "test_ssim" in e["paths"]["curve"]]
+    if not numbers:
+        return f"**{group}**: no image quality in these evaluations (rerun eval_curve.py)."
+    keeps = sum(n["curve"]["keeps"] for n in numbers)
+    mean = lambda path, key: sum(n[path][key] for n in numbers) / len(numbers)  # noqa: E731
+    return (f"**{group} — {'yes' if keeps == len(numbers) else 'no' if not keeps else 'partly'}**: along the curve the test SSIM "
+            f"stays at the endpoints' level in {keeps} of {len(numbers)} pair(s) (its lowest value is on average {pct(mean('curve', 'drop'))} "
+            f"below the lower end's; at most {pct(SSIM_DROP)}, or within {SIGNIFICANCE:g} SE, counts as kept); along the straight "
+            f"segment it falls {pct(mean('segment', 'drop'))} on average.")
+
+
+def quality_section(evals: list[dict]) -> str:
+    """Per group and pair: SSIM (and LPIPS where measured) at the ends and the worst along each path, with SEs, and whether
+    the curve keeps the endpoints' image quality."""
+    measured = [e for e in evals if "test_ssim" in e["paths"]["curve"]]
+    text = ["## Image quality", "", f"SSIM and PSNR (torchmetrics) of the reconstructions of the first "
+            f"{', '.join(sorted({str(e['settings']['quality_images']) for e in measured})) or '–'} test images at every t, estimated "
+            "like the loss (the ends and anchors on every test image, control variates elsewhere); the worst value along a path "
+            "± the standard error of its estimate. " + lpips_note(evals), ""]
+    text += [quality_sentence(group, members) for group, members in by_group(evals).items()]
+    lpips = sorted({m for e in measured for m in ("test_lpips", "test_lpips_uncalibrated") if m in e["paths"]["curve"]})
+    header = ["group", "pair", "SSIM t=0", "SSIM t=1", "curve: lowest SSIM (t)", "segment: lowest SSIM (t)", "curve keeps SSIM"]
+    header += [f"{'LPIPS' if m == 'test_lpips' else 'LPIPS (uncalibrated)'} {w}" for m in lpips for w in ("t=0", "t=1", "curve max", "segment max")]
+    rows = []
+    for e in measured:
+        n = ssim_numbers(e)
+        row = [ae.group_of(e), f"{pair_label(e)} ({e['curve']})", f"{n['curve']['ends'][0]:.4f}", f"{n['curve']['ends'][1]:.4f}",
+               *(f"{with_se(n[p]['low'], n[p]['se'])} ({n[p]['t']:.2f})" for p in ("curve", "segment")), "yes" if n["curve"]["keeps"] else "no"]
+        for m in lpips:
+            c, g = e["paths"]["curve"], e["paths"]["segment"]
+            row += [f"{c[m][0]:.4f}", f"{c[m][-1]:.4f}", *(with_se(*quality_worst(p, m)[:2]) for p in (c, g))] if m in c else ["–"] * 4
+        rows.append(row)
+    return "\n".join(text + ["", table(header, rows), ""]) if rows else "\n".join(text) + "\n"
+
+
 def planes_section(planes: list[dict], evals: list[dict], study_dir: Path, report_dir: Path) -> str:
     """Figure 1 for autoencoders: per plane of the plan, its figure and its numbers."""
     if not planes:
@@ -946,8 +1017,9 @@ def write_report(study_dir: Path, out: Path) -> Path:
               f"follows, and the last section gives the criterion, each group's verdict in numbers and the checks behind them.", ""]
     simplexes = load_simplexes(study, study_dir)
     sections = ["## The answer\n\n" + answer_summary(s["evals"]) + "\n"
-                + "".join(f"\nComplexes: {simplex_sentence(r)}\n" for r in simplexes),
-                setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]),
+                + "".join(f"\nComplexes: {simplex_sentence(r)}\n" for r in simplexes)
+                + "".join(f"\nImage quality (SSIM): {quality_sentence(g, m)}\n" for g, m in by_group(s["evals"]).items()),
+                setup_section(study_dir, s), endpoints_section(s, report_dir), curves_section(s["evals"]), quality_section(s["evals"]),
                 fits_section(study_dir.resolve(), s["evals"], report_dir),
                 figures_section(study_dir.resolve(), s["evals"], report_dir),
                 planes_section(load_planes(study, study_dir), s["evals"], study_dir.resolve(), report_dir),

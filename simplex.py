@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vgg-weights", default=None, help="perceptual group only: the VGG16 weight file, when the endpoints used one")
     training.add_precision_arg(p)
     add_subset_args(p, "each evaluated point", EVAL_SUBSETS)
+    p.add_argument("--quality-images", type=cli.positive_int, default=250,
+                   help="test images (the first of --test-images) whose reconstructions' PSNR and SSIM are measured at each point")
     p.add_argument("--points", type=cli.nonnegative_int, default=24,
                    help=f"uniform random points evaluated in each simplex, then in the plain simplex of the endpoints (one stream, "
                         f"seed {POINTS_SEED}: the same points for every complex of the same shape)")
@@ -170,11 +172,14 @@ def new_phase(net, phase, args, init: bool) -> torch.optim.Optimizer:
     return torch.optim.Adam(bend_parameters(net, phase[2]), lr=args.lr, weight_decay=args.wd)
 
 
+QUALITY_METRICS = ("test_psnr", "test_ssim")  # of the first --quality-images test images (training.Quality)
+
+
 def estimate(values: dict, controls: list[dict] | None) -> dict:
     """Mean +- SE of each metric at a point: the subset's mean corrected by the vertices' per-image values on the whole
     split (control_variate_mean), or the subset's plain mean without controls."""
     out = {}
-    for name in METRICS:
+    for name in (*METRICS, *QUALITY_METRICS):
         if controls:
             fit_ = control_variate_mean(values[name], np.stack([c[name] for c in controls], axis=1))
             out[name], out[f"{name}_se"] = fit_["estimate"], fit_["se"]
@@ -267,6 +272,7 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
     population = {"train": train_images, "test": test_images}
     shown = test_images[: args.images].to(device).float().div(255).contiguous(memory_format=torch.channels_last)
     common = dict(bn_images=bn_images, batch_size=args.eval_batch_size, device=device)
+    quality = training.Quality(args.quality_images)
     names = [f"e{i}" for i in range(n)] + [f"c{j + 1}" for j in range(m)]
     vertex_point = lambda v: curves.simplex_point([v], [1.0], k)  # noqa: E731
 
@@ -280,19 +286,20 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
         name = f"{names[i]}-{names[c]}-{names[j]}"
         paths[name], path_vertices[name] = chain.to(device, memory_format=torch.channels_last), (i, c, j)
     del states
-    anchors = anchor_values(paths, [0.0, 0.5, 1.0], population, objective, **common)
+    anchors = anchor_values(paths, [0.0, 0.5, 1.0], population, objective, quality=quality, **common)
     vertex_values = {}  # each vertex's per-image values on every image, from the paths' anchors (each evaluated once)
     for name, (i, c, j) in path_vertices.items():
         vertex_values.update({i: anchors[name][0.0], c: anchors[name][0.5], j: anchors[name][1.0]})
     features = target_features(objective, split_images, args.eval_batch_size, device)
 
     def at(point, vertices):
-        values = training.evaluate_point(net, split_images, objective, t=point, features=features, **common)
+        values = training.evaluate_point(net, split_images, objective, t=point, features=features, quality=quality, **common)
         return estimate({n_: v.double().numpy() for n_, v in values.items()}, [vertex_values[v] for v in vertices])
 
     vertices = [{"name": names[v], "kind": "endpoint" if v < n else "connector",
-                 **{name: float(vertex_values[v][name].mean()) for name in METRICS},
-                 **{f"{name}_se": float(vertex_values[v][name].std(ddof=1) / np.sqrt(len(vertex_values[v][name]))) for name in METRICS}}
+                 **{name: float(vertex_values[v][name].mean()) for name in (*METRICS, *QUALITY_METRICS)},
+                 **{f"{name}_se": float(vertex_values[v][name].std(ddof=1) / np.sqrt(len(vertex_values[v][name])))
+                    for name in (*METRICS, *QUALITY_METRICS)}}
                 for v in range(k)]
     simplex_list = run_config["simplexes"]
     plain = list(range(n))
@@ -316,7 +323,8 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
     path_results, path_recon = {}, {}
     for name, chain in paths.items():
         path_results[name], path_recon[name] = evaluate_path(chain, ts, split_images, objective, shown=shown, columns=columns,
-                                                             desc=f"path {name}", features=features, anchors=anchors[name], **common)
+                                                             desc=f"path {name}", features=features, anchors=anchors[name],
+                                                             quality=quality, **common)
 
     grid = None
     if args.grid and m == 2 and n == 3:
@@ -337,6 +345,9 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
         if entries:
             summary[key] = {name: spread([e[name] for e in entries], [e[f"{name}_se"] for e in entries], vertices[worse][name],
                                          vertices[worse][f"{name}_se"]) for name in ("test_loss", "test_mse")}
+            low = min(entries, key=lambda e: e["test_ssim"])  # image quality: the worst point's SSIM against the endpoints'
+            summary[key]["test_ssim"] = {"min": low["test_ssim"], "min_se": low["test_ssim_se"],
+                                         "endpoints": [vertices[v]["test_ssim"] for v in range(n)]}
     summary["paths"] = {name: {"max": r["summary"]["test_loss"]["max"], "barrier_rel": r["summary"]["test_loss"]["barrier_rel"]}
                         for name, r in path_results.items()}
     summary["volumes"] = {"connectors": volume(net, list(range(n, k))) if m > 1 else 0.0,
@@ -349,6 +360,7 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
               "settings": {"points": args.points, "points_seed": POINTS_SEED, "num_points": args.num_points, "grid": args.grid,
                            "bn_images": len(bn_images), "train_images": len(split_images["train"]),
                            "test_images": len(split_images["test"]), "estimator": "control-variates (the vertices as controls)",
+                           "quality_images": min(args.quality_images, len(split_images["test"])),
                            "population": {"train": len(train_images), "test": len(test_images)}},
               "vertices": vertices, "points": samples, "barycentres": barycentres, "t": ts, "paths": path_results,
               "grid": grid, "summary": summary}
@@ -365,7 +377,8 @@ def print_summary(result: dict) -> None:
             t = s[key]["test_loss"]
             print(f"  {key:8} {t['points']:3d} random points: max {t['max']:.5f} ({t['max_vs_worse']['ratio']:.2f}x the worse "
                   f"endpoint +- {t['max_vs_worse']['ratio_se']:.2f}), 95th percentile {t['p95']:.5f} "
-                  f"({t['p95_vs_worse']['ratio']:.2f}x +- {t['p95_vs_worse']['ratio_se']:.2f})")
+                  f"({t['p95_vs_worse']['ratio']:.2f}x +- {t['p95_vs_worse']['ratio_se']:.2f}); lowest SSIM {s[key]['test_ssim']['min']:.3f} "
+                  f"+- {s[key]['test_ssim']['min_se']:.3f} (endpoints {', '.join(f'{v:.3f}' for v in s[key]['test_ssim']['endpoints'])})")
     for name, b in result["barycentres"].items():
         print(f"  barycentre {name:12} test loss {b['test_loss']:.5f} +- {b['test_loss_se']:.5f}")
     for name, p in s["paths"].items():

@@ -1,5 +1,6 @@
-"""train_ae.py --snapshots N: N autoencoder checkpoints per epoch, after optimiser steps floor(k P / N), k = 1..N,
-of the epoch's P steps (the last at its end), for function_space.py. Imported only with that flag.
+"""Networks saved as autoencoder checkpoints: eval_curve.py --save-t (a curve's point, save_point) and
+train_ae.py --snapshots N (hook): N autoencoder checkpoints per epoch, after optimiser steps floor(k P / N), k = 1..N,
+of the epoch's P steps (the last at its end), for function_space.py. Imported only with these flags.
 
 They are written as <out without .pt>.snapshots/step<global step>.pt; their config is the run's plus "snapshot":
 {"epoch": fractional epoch, "step": global step, "of": out}. They change nothing in training: the final checkpoint
@@ -11,6 +12,9 @@ from typing import Callable
 
 import torch
 
+import ae
+import curves
+from lib import training
 from lib.files import save_ae
 
 
@@ -33,3 +37,13 @@ def hook(folder: Path | None, model: torch.nn.Module, run_config: dict, out: Pat
             save_ae(folder / f"step{done:06d}.pt", model, {**run_config, "snapshot": where}, {"epoch": where["epoch"], "step": done})
 
     return after_step
+
+
+def save_point(net: curves.CurveNet, t: float, path: Path, config: dict, bn_images: torch.Tensor, batch_size: int,
+               device: torch.device, loss_fn=ae.mse) -> Path:
+    """Save phi(t), with BatchNorm statistics recomputed at t (on the inputs `loss_fn`'s objective sees), as an
+    autoencoder checkpoint."""
+    training.recompute_bn(net, bn_images, training.as_objective(loss_fn).noise, batch_size=batch_size, device=device, t=t)
+    endpoint = config["endpoints"][0]["config"]
+    point_config = {**endpoint, "seed": None, "curve_point": {"curve": config["curve"], "t": t, "endpoints": [e["path"] for e in config["endpoints"]]}}
+    return save_ae(path, net.export(t), point_config, {"t": t})

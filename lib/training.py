@@ -7,12 +7,10 @@ maximum, barrier, paired SEs), the straight segment of a curve, the newest curve
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import math
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,53 +50,12 @@ def add_schedule_arg(parser: argparse.ArgumentParser) -> None:
                              "50%% of the steps, then linear down to 1%% of it at 90%%, then 1%%), cosine (down to 0), or constant")
 
 
-BF16_MIN_SPEEDUP = 1.2  # a CPU counts as fast in bf16 when VGG's first-block convolution runs this much faster in it
-
-
-def bf16_fast(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively and fast: a CUDA GPU that supports it, or a CPU with AVX-512 BF16
-    or AMX on which a VGG convolution measures faster in bf16 (cpu_bf16_speedup): native support alone does not
-    make it so (docs/performance.md)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return any(native_bf16().values()) and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
-    return False
-
-
-def native_bf16() -> dict[str, bool]:
-    """Whether this CPU reports AVX-512 BF16 and AMX (torch.cpu's checks are private: missing ones count as no)."""
-    return {key: bool(getattr(torch.cpu, name, lambda: False)())
-            for key, name in (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))}
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_speedup() -> float:
-    """fp32 time / bf16 autocast time of a convolution like VGG16's relu1_2 (64 -> 64 channels, 3x3, on 64x64 maps,
-    channels_last, batch 8), the best of 3 runs each; measured once per process, leaving torch's RNG untouched."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
-        conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-        x = torch.randn(8, 64, 64, 64).contiguous(memory_format=torch.channels_last)
-
-        def best(bf16: bool) -> float:
-            times = []
-            for _ in range(4):  # the first is a warm-up
-                with autocast(torch.device("cpu"), bf16):
-                    start = time.perf_counter()
-                    conv(x)
-                    times.append(time.perf_counter() - start)
-            return min(times[1:])
-
-        return best(False) / best(True)
-
-
 def resolve_precision(precision: str, device: torch.device, loss: str) -> str:
-    """`auto` is bf16 for the perceptual loss's VGG where the device computes bf16 natively and fast (its
-    accuracy cost was measured below the spread between seeds, docs/performance.md), fp32 otherwise."""
+    """`auto` is bf16 for the perceptual loss's VGG where the device computes bf16 natively and fast (lib/vgg.py,
+    bf16_fast; its accuracy cost was measured below the spread between seeds, docs/performance.md), fp32 otherwise."""
     if precision != "auto":
         return precision
-    return "bf16-vgg" if loss == "perceptual" and bf16_fast(device) else "fp32"
+    return "bf16-vgg" if loss == "perceptual" and cli.optional("vgg", "--loss perceptual").bf16_fast(device) else "fp32"
 
 
 def add_precision_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -364,20 +321,41 @@ def eval_noise_generator(first: int) -> torch.Generator:
     return torch.Generator().manual_seed(EVAL_NOISE_SEED + first)
 
 
+@dataclass(frozen=True)
+class Quality:
+    """Per-image quality of the reconstructions of the first `images` clean test images (None: all): PSNR and SSIM
+    (torchmetrics: 11x11 Gaussian window, data range 1) and, given `lpips` (lib/vgg.py), LPIPS named `lpips_name`."""
+    images: int | None = None
+    lpips: Callable | None = None
+    lpips_name: str = "lpips"
+
+    def names(self) -> tuple[str, ...]:
+        return ("psnr", "ssim", *((self.lpips_name,) if self.lpips else ()))
+
+    def values(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure  # 1.5 s to import
+
+        return {"psnr": peak_signal_noise_ratio(recon, x, data_range=1.0, reduction="none", dim=(1, 2, 3)),
+                "ssim": structural_similarity_index_measure(recon, x, data_range=1.0, reduction="none"),
+                **({self.lpips_name: self.lpips(recon, x)} if self.lpips else {})}
+
+
 @torch.inference_mode()
 def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable | Objective, *, batch_size: int,
                      device: torch.device, t: float | None = None, memory_format=torch.channels_last,
-                     target_features: list | None = None, precision: str = "fp32") -> dict[str, torch.Tensor]:
+                     target_features: list | None = None, precision: str = "fp32",
+                     quality: Quality | None = None) -> dict[str, torch.Tensor]:
     """Per-image objective ("loss", on noisy inputs for a denoising objective) and MSE on clean inputs of `model`
     (in eval mode) on `images`; for a sparse objective also "code_abs" (mean |code|) and "code_zero" (the
-    fraction of units near zero, see NEAR_ZERO). `target_features` (one entry per batch, from
-    `ae.PerceptualLoss.features`) spares recomputing VGG features of the same targets at every t."""
+    fraction of units near zero, see NEAR_ZERO); with `quality`, its metrics of the first quality.images images.
+    `target_features` (one entry per batch, from `ae.PerceptualLoss.features`) spares recomputing VGG features of
+    the same targets at every t."""
     objective = as_objective(loss_fn)
     plain = objective.loss_fn is ae.mse and not objective.l1  # the loss is the MSE of its reconstruction
     was_training = model.training
     model.eval()
     kwargs = {} if t is None else {"t": t}
-    out = {name: [] for name in ("loss", "mse", *(("code_abs", "code_zero") if objective.l1 else ()))}
+    out = {name: [] for name in ("loss", "mse", *(("code_abs", "code_zero") if objective.l1 else ()), *(quality.names() if quality else ()))}
     for i, x in enumerate(batches(images, batch_size, device=device, memory_format=memory_format)):
         extra = {} if target_features is None or objective.loss_fn is ae.mse else {"target_features": target_features[i]}
         recon, value, code = forward_loss(model, x, objective, precision, device, kwargs, reduction="none", with_code=True,
@@ -391,6 +369,10 @@ def per_image_losses(model: nn.Module, images: torch.Tensor, loss_fn: Callable |
             size = code.abs().mean(dim=1, keepdim=True)
             out["code_abs"].append(size.squeeze(1).cpu())
             out["code_zero"].append((code.abs() < NEAR_ZERO * size).float().mean(dim=1).cpu())
+        k = len(x) if quality is None or quality.images is None else min(len(x), quality.images - i * batch_size)
+        if quality and k > 0:
+            for name, value in quality.values(recon[:k].clamp(0, 1), x[:k]).items():
+                out[name].append(value.reshape(k).cpu())
     model.train(was_training)
     return {name: torch.cat(values) for name, values in out.items()}
 
@@ -539,23 +521,24 @@ def seen_batches(images: torch.Tensor, noise: float, *, batch_size: int, device:
 
 def evaluate_point(net: torch.nn.Module, split_images: dict, loss_fn, *, bn_images: torch.Tensor, batch_size: int,
                    device: torch.device, t: float | None = None, features: dict | None = None,
-                   precision: str = "fp32") -> dict[str, torch.Tensor]:
+                   precision: str = "fp32", quality: Quality | None = None) -> dict[str, torch.Tensor]:
     """BatchNorm statistics recomputed (for a CurveNet, at t) on the inputs the objective sees, then the per-image
-    values of every split: {"train_loss": tensor, "train_mse": ..., "test_loss": ..., "test_mse": ...}, and for a
-    sparse objective also "<split>_code_abs" and "<split>_code_zero" (per_image_losses)."""
+    values of every split: {"train_loss": tensor, "train_mse": ..., "test_loss": ..., "test_mse": ...}, for a
+    sparse objective also "<split>_code_abs" and "<split>_code_zero", with `quality` "test_psnr", "test_ssim" ..."""
     recompute_bn(net, bn_images, as_objective(loss_fn).noise, batch_size=batch_size, device=device, t=t)
     out = {}
     for split, images in split_images.items():
         values = per_image_losses(net, images, loss_fn, batch_size=batch_size, device=device, t=t,
-                                           target_features=(features or {}).get(split), precision=precision)
+                                  target_features=(features or {}).get(split), precision=precision,
+                                  quality=quality if split == "test" else None)
         out.update({f"{split}_{name}": value for name, value in values.items()})
     return out
 
 
 def anchor_values(paths: dict, anchor_ts: list[float], population: dict, loss_fn, *, bn_images: torch.Tensor, batch_size: int,
-                  device: torch.device, precision: str = "fp32") -> dict[str, dict[float, dict[str, np.ndarray]]]:
+                  device: torch.device, precision: str = "fp32", quality: Quality | None = None) -> dict[str, dict[float, dict]]:
     """The control variates: per path, at every anchor t, the per-image values of evaluate_point on every image
-    of each split in `population`. A network met on several paths (the curve's and the segment's ends are the
+    of each split in `population` (with `quality`, its metrics of every test image). A network met on several paths (the curve's and the segment's ends are the
     same weights) is evaluated once."""
     features = target_features(loss_fn, population, batch_size, device)
     done, out = {}, {name: {} for name in paths}
@@ -566,7 +549,7 @@ def anchor_values(paths: dict, anchor_ts: list[float], population: dict, loss_fn
         key = hashlib.sha256(net.weights(t).detach().cpu().numpy().tobytes()).hexdigest()
         if key not in done:
             values = evaluate_point(net, population, loss_fn, bn_images=bn_images, batch_size=batch_size, device=device, t=t,
-                                    features=features, precision=precision)
+                                    features=features, precision=precision, quality=quality and replace(quality, images=None))
             done[key] = {k: v.double().numpy() for k, v in values.items()}
         out[name][t] = done[key]
     return out
@@ -584,9 +567,11 @@ def anchor_at(anchors: dict | None, t: float) -> float | None:
 
 def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, loss_fn, *, bn_images: torch.Tensor,
                   shown: torch.Tensor, columns: list[int], batch_size: int, device: torch.device, desc: str,
-                  features: dict | None = None, precision: str = "fp32", anchors: dict | None = None) -> dict:
+                  features: dict | None = None, precision: str = "fp32", anchors: dict | None = None,
+                  quality: Quality | None = None) -> dict:
     """Losses (mean and standard error) at every t, the length element, and reconstructions at `columns`;
-    for a sparse objective also the code statistics of evaluate_point at every t (summarised only for METRICS).
+    for a sparse objective also the code statistics of evaluate_point at every t (summarised only for METRICS and
+    `quality`'s metrics, for which `anchors` must hold them: anchor_values with the same `quality`).
 
     Without `anchors`, the means of the subsets `split_images`. With `anchors` (this path's entry of
     anchor_values: {t: per-image values on every image of each split}), the control-variate estimator: at an
@@ -596,17 +581,20 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
     out.update({f"{name}_se": [] for name in METRICS})
     out["dl"], out["estimator"], recon, previous = [], [], [], None
     per_image, population = {}, None
+    summarised = [*METRICS, *(f"test_{name}" for name in (quality.names() if quality else ()))]
     if anchors:
         population = {split: len(next(iter(anchors.values()))[f"{split}_loss"]) for split in split_images}
+        sizes = {name: min(len(split_images[split_of(name)]), quality.images or math.inf) if name in summarised[len(METRICS):]
+                 else len(split_images[split_of(name)]) for name in next(iter(anchors.values()))}
     net.eval()
     for i, t in enumerate(tqdm(ts, desc=desc, leave=False, disable=None, dynamic_ncols=True)):
         anchor = anchor_at(anchors, t)
         if anchor is None:
             values = evaluate_point(net, split_images, loss_fn, bn_images=bn_images, batch_size=batch_size, device=device, t=t,
-                                    features=features, precision=precision)
+                                    features=features, precision=precision, quality=quality)
             values = {name: value.double().numpy() for name, value in values.items()}
         else:  # its first images are the subsets' values
-            values = {name: full[: len(split_images[split_of(name)])] for name, full in anchors[anchor].items()}
+            values = {name: full[: sizes[name]] for name, full in anchors[anchor].items()}
             if i in columns:  # the reconstructions below need the statistics at this t
                 recompute_bn(net, bn_images, as_objective(loss_fn).noise, batch_size=batch_size, device=device, t=t)
         out["estimator"].append("subset" if not anchors else "anchor" if anchor is not None else "control-variates")
@@ -637,7 +625,7 @@ def evaluate_path(net: curves.CurveNet, ts: list[float], split_images: dict, los
     out["length"] = float(sum(out["dl"]))
     out["summary"] = {name: summarize(out[name], ts, out["dl"], np.stack(per_image[name]),
                                       population=population and population[split_of(name)],
-                                      subset_se=out.get(f"{name}_se_subset")) for name in METRICS}
+                                      subset_se=out.get(f"{name}_se_subset")) for name in summarised}
     return out, torch.stack(recon) if recon else None
 
 

@@ -1,14 +1,70 @@
-"""VGG16's weights, for the perceptual loss (--vgg-weights) and LPIPS: ImageNet's through torchvision's weights API
-and torch's download cache, a state-dict file, or a seeded random initialisation. Imported only where VGG16 is used,
+"""VGG16 beyond its layers (ae.py): its weights, for the perceptual loss (--vgg-weights) and LPIPS (ImageNet's through
+torchvision's weights API and torch's download cache, a state-dict file, or a seeded random initialisation), the LPIPS
+network, and whether bf16 makes its convolutions faster here (--precision auto). Imported only where VGG16 is used,
 so a bare copy of the card's scripts runs the MSE group without it."""
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+import time
+from importlib.metadata import version
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn as nn
 
 import ae
 from lib.files import UserError, load_failure
+
+
+BF16_MIN_SPEEDUP = 1.2  # a CPU counts as fast in bf16 when VGG's first-block convolution runs this much faster in it
+
+
+def bf16_fast(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively and fast: a CUDA GPU that supports it, or a CPU with AVX-512 BF16
+    or AMX on which a VGG convolution measures faster in bf16 (cpu_bf16_speedup): native support alone does not
+    make it so (docs/performance.md)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(native_bf16().values()) and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+    return False
+
+
+def native_bf16() -> dict[str, bool]:
+    """Whether this CPU reports AVX-512 BF16 and AMX (torch.cpu's checks are private: missing ones count as no)."""
+    return {key: bool(getattr(torch.cpu, name, lambda: False)())
+            for key, name in (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup() -> float:
+    """fp32 time / bf16 autocast time of a convolution like VGG16's relu1_2 (64 -> 64 channels, 3x3, on 64x64 maps,
+    channels_last, batch 8), the best of 3 runs each; measured once per process, leaving torch's RNG untouched."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        x = torch.randn(8, 64, 64, 64).contiguous(memory_format=torch.channels_last)
+
+        def best(bf16: bool) -> float:
+            times = []
+            for _ in range(4):  # the first is a warm-up
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    start = time.perf_counter()
+                    conv(x)
+                    times.append(time.perf_counter() - start)
+            return min(times[1:])
+
+        return best(False) / best(True)
+
+
+def imagenet_cache() -> Path:
+    """Where torch's download cache keeps torchvision's ImageNet VGG16 weights."""
+    from torchvision.models import VGG16_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_Weights.IMAGENET1K_V1.url).name
 
 
 def vgg16_features(weights: str = "imagenet", seed: int = 0) -> torch.nn.Sequential:
@@ -21,8 +77,7 @@ def vgg16_features(weights: str = "imagenet", seed: int = 0) -> torch.nn.Sequent
         return ae.vgg16_trunk(seed)
     features = ae.vgg16_trunk()
     if weights == "imagenet":
-        url = VGG16_Weights.IMAGENET1K_V1.url
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        url, cached = VGG16_Weights.IMAGENET1K_V1.url, imagenet_cache()
         try:
             state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
         except Exception as e:
@@ -52,3 +107,45 @@ def vgg16_features(weights: str = "imagenet", seed: int = 0) -> torch.nn.Sequent
 def vgg_weights_name(weights: str) -> str:
     """What a config records of --vgg-weights: imagenet, random, or file:<the file's name>."""
     return weights if weights in ("imagenet", "random") else f"file:{Path(weights).name}"
+
+
+@functools.lru_cache(maxsize=1)
+def lpips_network() -> nn.Module:
+    """torchmetrics' LPIPS-VGG network with its calibrated linear layers (shipped in its package) and a random trunk (no
+    download; lpips_metric loads the trunk's weights): built once per process, as torchvision builds a whole VGG16."""
+    try:
+        from torchmetrics.functional.image.lpips import _NoTrainLpips
+    except ImportError as e:
+        raise UserError(f"this torchmetrics has no LPIPS network ({e}); pip install -r requirements.txt") from None
+    net = _NoTrainLpips(net="vgg", pretrained=True, pnet_rand=True)
+    linear = Path(inspect.getfile(_NoTrainLpips)).parent / "lpips_models" / "vgg.pth"
+    shipped = torch.load(linear, map_location="cpu", weights_only=True)
+    if not shipped or any(not torch.equal(net.state_dict()[k], v) for k, v in shipped.items()):
+        raise UserError(f"torchmetrics' LPIPS calibration {linear} did not load; reinstall torchmetrics")
+    return net
+
+
+def lpips_metric(weights: str, loss_weights: str | None, device: torch.device) -> tuple[Callable | None, dict]:
+    """LPIPS-VGG (Zhang et al. 2018) as --lpips asks, and what an evaluation records of it. `weights`: auto (the
+    perceptual loss's own VGG16 weights `loss_weights` unless random, else ImageNet's if torch's cache has them: auto
+    never downloads), imagenet (the cache or a download), a file, random (an uncalibrated backbone, recorded as
+    lpips_uncalibrated, never as LPIPS) or none. Returns a callable (reconstructions, images in [0, 1]) -> per-image
+    LPIPS, or None with the reason."""
+    if weights == "none":
+        return None, {"metric": None, "reason": "--lpips none"}
+    source = weights
+    if weights == "auto":
+        source = loss_weights if loss_weights not in (None, "random") else "imagenet"
+        if source == "imagenet" and not imagenet_cache().is_file():
+            return None, {"metric": None, "reason": f"no ImageNet VGG16 weights for LPIPS in torch's cache ({imagenet_cache()}); "
+                                                    f"--lpips imagenet downloads them, --lpips PATH reads them from a file"}
+    features = vgg16_features(source)
+    net = copy.deepcopy(lpips_network())
+    bounds = (4, 9, 16, 23)  # where torchmetrics cuts VGG16's trunk into its five slices
+    net.net.load_state_dict({f"slice{1 + sum(int(k.split('.')[0]) >= b for b in bounds)}.{k}": v
+                             for k, v in features.state_dict().items()})
+    net = net.to(device).eval()
+    name = vgg_weights_name(source)
+    return (lambda recon, x: net(recon, x, normalize=True).reshape(len(x)).float()), {
+        "metric": "lpips" if source != "random" else "lpips_uncalibrated", "backbone": name, "calibrated": source != "random",
+        "linear_layers": f"torchmetrics {version('torchmetrics')}, lpips_models/vgg.pth", "reason": None}

@@ -208,7 +208,7 @@ def test_plot_draws_the_aligned_segment_dotted(evaluated, tmp_path):
             lines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
             assert len(lines) == dotted and all(line.get_label().endswith("aligned segment") for line in lines)
     written = plot.main([str(path), "--out", str(tmp_path)])
-    assert sorted(p.name for p in written) == ["fig2_mse_bezier.png", "fit_aligned.png", "pair_aligned.png", "strip_aligned.png"]
+    assert sorted(p.name for p in written) == ["fig2_mse_bezier.png", "fit_aligned.png", "pair_aligned.png", "recon_aligned.gif", "strip_aligned.png"]
     with np.load(path.with_name("aligned.eval.npz")) as npz:
         fig = plot.draw_strip(result, {k: npz[k] for k in npz.files})
     assert [ax.get_title() for ax in fig.axes] == ["original", "along the bezier curve", "along the segment", "along the aligned segment"]

@@ -152,11 +152,11 @@ def test_grids_and_plots_are_pngs_of_the_expected_size(fitted, tmp_path):
             assert png.format == "PNG" and png.size == (3 * 66 + 2, 4 * 66 + 2)  # 3 values of t, 4 images
     written = plot.main([str(eval_json), "--out", str(tmp_path / "fig")])
     names = sorted(p.name for p in written)
-    assert names == ["fig2_mse_bezier.png", "fit_curve.png", "pair_curve.png", "strip_curve.png"]
-    for path in written:
+    assert names == ["fig2_mse_bezier.png", "fit_curve.png", "pair_curve.png", "recon_curve.gif", "strip_curve.png"]
+    for path in (p for p in written if p.suffix == ".png"):
         with Image.open(path) as png:
             assert png.format == "PNG" and png.size[0] > 400 and png.size[1] > 200
-    assert [p.suffix for p in plot.main([str(eval_json), "--out", str(tmp_path / "pdf"), "--format", "pdf"])] == [".pdf"] * 4
+    assert [p.suffix for p in plot.main([str(eval_json), "--out", str(tmp_path / "pdf"), "--format", "pdf"])] == [".pdf"] * 4 + [".gif"]
 
 
 def test_reconstructions_at_the_anchors_are_the_endpoints_own(fitted, endpoints):
@@ -174,7 +174,7 @@ def test_reconstructions_at_the_anchors_are_the_endpoints_own(fitted, endpoints)
         with torch.no_grad():
             own = (model(shown).clamp(0, 1) * 255).round()
         for path in ("curve", "segment"):
-            assert (torch.from_numpy(recon[path][column]).float() - own).abs().max() <= 1, (path, column)
+            assert (torch.from_numpy(recon[path][recon["columns"][column]]).float() - own).abs().max() <= 1, (path, column)
 
 
 def test_mismatched_endpoints_are_refused(endpoints, tmp_path):

@@ -220,9 +220,9 @@ def test_every_output_is_renamed_into_place(reference, fitted, tmp_path, monkeyp
     replaced = recording_replace(monkeypatch)
     result = eval_curve.main(["--ckpt", str(curve), *EVAL_FLAGS, "--save-t", "0.5", "--out", str(tmp_path / "e" / "c.eval.json")])
     written = plot.main([str(tmp_path / "e" / "c.eval.json"), "--out", str(tmp_path / "fig")])
-    assert len(result["files"]["points"]) == 1 and len(written) == 4
+    assert len(result["files"]["points"]) == 1 and len(written) == 5
     outputs = [p.resolve() for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(outputs) >= 9  # json, npz, 2 grids, 1 point; 4 figures
+    assert len(outputs) >= 10  # json, npz, 2 grids, 1 point; 4 figures and a GIF
     assert set(outputs) <= set(replaced)
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -1023,6 +1023,7 @@ def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them
         "bench_perceptual": {"precision": "fp32", "perceptual_over_mse": 9.0, "uncached_over_mse": 10.0, "perceptual_fp32_over_mse": 9.0,
                              "naive_over_ours": 2.0, "met": False},
         "bench_plane": {"subsets": {"bn": 2000, "train": 2000, "test": 2000}, "s_per_point": 4.0, "over_eval_point": 2.0},
+        "bench_quality": {"quality_images": 250, "psnr_ssim_over_without": 1.05, "lpips_over_without": 2.5, "met": True},
     }
     for name, value in measured.items():
         monkeypatch.setattr(bench, name, lambda *args, value=value, **kwargs: value)
@@ -1050,7 +1051,7 @@ def test_bench_names_the_machine_its_figures_come_from(monkeypatch):
     import bench
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 3.0)  # as measured on a CPU where bf16 is fast
+    monkeypatch.setattr(vgg, "cpu_bf16_speedup", lambda: 3.0)  # as measured on a CPU where bf16 is fast
     for amx, avx512_bf16, perceptual in ((True, False, "bf16-vgg"), (False, True, "bf16-vgg"), (False, False, "fp32")):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)

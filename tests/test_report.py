@@ -289,7 +289,11 @@ def test_report_of_a_real_tiny_study(endpoints, tmp_path):
     text = report.write_report(root, root / "report.md").read_text()
     assert "endpoints 3; curves 1" in text and "**mse group — " in text and "Only the mse group" in text
     assert sorted(Path(t).name for t in links(text)) == ["fig2_mse_bezier.png", "fit_mse_s0-s1-bezier.png", "mse_s0.png",
-                                                          "pair_mse_s0-s1-bezier.png", "strip_mse_s0-s1-bezier.png"]
+                                                          "pair_mse_s0-s1-bezier.png", "recon_mse_s0-s1-bezier.gif",
+                                                          "strip_mse_s0-s1-bezier.png"]
+    quality = text[text.index("## Image quality"):]
+    assert "Image quality (SSIM): **mse — " in text and "LPIPS was not measured: no ImageNet VGG16 weights" in quality
+    assert re.search(r"\| mse \| seeds 0–1 \(bezier\) \| 0\.\d{4} \| 0\.\d{4} \| 0\.\d+ ± [\d.e-]+ \(\d\.\d\d\) \|", quality)
     assert "| mse | seeds 0–1 | bezier | 1 | ref |" in text and re.search(r"Fits: (all 1 converged|\*\*1 of 1 curve fits not)", text)
 
 

@@ -10,7 +10,7 @@ import ae
 import data
 import run_study
 import train_ae
-from lib import snapshots, training
+from lib import snapshots, training, vgg
 from conftest import killed_after_epoch, tiny_args
 from lib.files import UserError, load_ae
 
@@ -244,10 +244,10 @@ def test_divergence_advice_names_the_base_rate_not_the_scheduled_one():
 
 def test_auto_precision_is_bf16_inside_vgg_only_where_the_hardware_has_it(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(training, "bf16_fast", lambda device: True)
+    monkeypatch.setattr(vgg, "bf16_fast", lambda device: True)
     assert training.resolve_precision("auto", cpu, "perceptual") == "bf16-vgg"
     assert training.resolve_precision("auto", cpu, "mse") == "fp32"  # no VGG to speed up
-    monkeypatch.setattr(training, "bf16_fast", lambda device: False)
+    monkeypatch.setattr(vgg, "bf16_fast", lambda device: False)
     assert training.resolve_precision("auto", cpu, "perceptual") == "fp32"
     assert [training.resolve_precision(p, cpu, "mse") for p in ("fp32", "bf16-vgg", "bf16")] == ["fp32", "bf16-vgg", "bf16"]
 
@@ -257,22 +257,22 @@ def test_auto_precision_is_bf16_inside_vgg_only_where_the_hardware_has_it(monkey
 def test_a_cpu_counts_as_fast_in_bf16_only_when_measured_faster(monkeypatch, avx512_bf16, amx):
     cpu = torch.device("cpu")
     state = torch.get_rng_state()
-    speedup = training.cpu_bf16_speedup()
+    speedup = vgg.cpu_bf16_speedup()
     assert speedup > 0 and torch.equal(torch.get_rng_state(), state)  # measuring draws nothing from the seeded stream
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     # e.g. 1.6 on an AMD EPYC, 0.5 on this project's Intel Xeon (docs/performance.md); 1.19 to 1.21 pin the threshold
     for measured, fast in ((0.5, False), (1.19, False), (1.2, True), (1.21, True), (1.6, True)):
-        monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: measured)
-        assert training.bf16_fast(cpu) is fast, measured
+        monkeypatch.setattr(vgg, "cpu_bf16_speedup", lambda: measured)
+        assert vgg.bf16_fast(cpu) is fast, measured
 
 
 def test_a_cpu_without_native_bf16_is_never_fast_in_it(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     for measured in (0.5, 1.21, 9.0):  # emulated, whatever a timing says
-        monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: measured)
-        assert training.bf16_fast(torch.device("cpu")) is False, measured
+        monkeypatch.setattr(vgg, "cpu_bf16_speedup", lambda: measured)
+        assert vgg.bf16_fast(torch.device("cpu")) is False, measured
 
 
 def test_each_precision_casts_only_what_it_names(vgg_file):
