@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-points", type=cli.positive_int, default=5,
                    help="values of t per path in the evaluation benchmark, evenly from 0.1 to 0.9 (the exhaustive evaluation is slow)")
     p.add_argument("--study", action="store_true", help="also time run_study.py --preset quick (minutes)")
+    p.add_argument("--only-quality", action="store_true",
+                   help="only figure 7, what image quality costs an evaluated point (with its own endpoints and curve: minutes)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when a figure misses its target (after printing and writing all)")
     cli.add_device_arg(p)
     p.add_argument("--cache-dir", default="data/cache", help="where the synthetic faces are cached")
@@ -388,6 +390,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     results = {"machine": machine(device)}
     print(machine_line(results["machine"]), flush=True)
+    if args.only_quality:
+        results["quality"] = q = bench_quality(args, device, eval_setup(args, device))
+        print(f"7. eval point with PSNR and SSIM / without: {q['psnr_ssim_over_without']:.3f} (target <= 1.15); with LPIPS too: "
+              f"{q['lpips_over_without']:.2f}x; seconds per point: " + ", ".join(f"{k} {v:.3f}" for k, v in q["s_per_point"].items()))
+        write_json(args.out, results)
+        print(f"wrote {args.out}")
+        return results
     results["curve_overhead"] = bench_curve_overhead(args, device)
     print(f"1. curve step / plain step: {results['curve_overhead']['ratio']:.3f} (target <= 1.10)", flush=True)
     results["efficiency"] = eff = bench_efficiency(args, device)

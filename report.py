@@ -915,20 +915,22 @@ def quality_section(evals: list[dict]) -> str:
             f"{', '.join(sorted({str(e['settings']['quality_images']) for e in measured})) or '–'} test images at every t, estimated "
             "like the loss (the ends and anchors on every test image, control variates elsewhere); the worst value along a path "
             "± the standard error of its estimate. " + lpips_note(evals), ""]
-    text += [quality_sentence(group, members) for group, members in by_group(evals).items()]
+    text += [line for group, members in by_group(evals).items() for line in (quality_sentence(group, members), "")]
     lpips = sorted({m for e in measured for m in ("test_lpips", "test_lpips_uncalibrated") if m in e["paths"]["curve"]})
     header = ["group", "pair", "SSIM t=0", "SSIM t=1", "curve: lowest SSIM (t)", "segment: lowest SSIM (t)", "curve keeps SSIM"]
     header += [f"{'LPIPS' if m == 'test_lpips' else 'LPIPS (uncalibrated)'} {w}" for m in lpips for w in ("t=0", "t=1", "curve max", "segment max")]
     rows = []
     for e in measured:
         n = ssim_numbers(e)
-        row = [ae.group_of(e), f"{pair_label(e)} ({e['curve']})", f"{n['curve']['ends'][0]:.4f}", f"{n['curve']['ends'][1]:.4f}",
-               *(f"{with_se(n[p]['low'], n[p]['se'])} ({n[p]['t']:.2f})" for p in ("curve", "segment")), "yes" if n["curve"]["keeps"] else "no"]
+        c = e["paths"]["curve"]
+        row = [ae.group_of(e), f"{pair_label(e)} ({e['curve']})", *(f"{c['test_ssim'][i]:.4f} ± {c['test_ssim_se'][i]:.4f}" for i in (0, -1)),
+               *(f"{n[p]['low']:.4f} ± {n[p]['se']:.4f} (t = {n[p]['t']:.2f})" for p in ("curve", "segment")),
+               "yes" if n["curve"]["keeps"] else "no"]
         for m in lpips:
             c, g = e["paths"]["curve"], e["paths"]["segment"]
             row += [f"{c[m][0]:.4f}", f"{c[m][-1]:.4f}", *(with_se(*quality_worst(p, m)[:2]) for p in (c, g))] if m in c else ["–"] * 4
         rows.append(row)
-    return "\n".join(text + ["", table(header, rows), ""]) if rows else "\n".join(text) + "\n"
+    return "\n".join(text + [table(header, rows), ""]) if rows else "\n".join(text) + "\n"
 
 
 def planes_section(planes: list[dict], evals: list[dict], study_dir: Path, report_dir: Path) -> str:

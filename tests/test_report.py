@@ -293,7 +293,7 @@ def test_report_of_a_real_tiny_study(endpoints, tmp_path):
                                                           "strip_mse_s0-s1-bezier.png"]
     quality = text[text.index("## Image quality"):]
     assert "Image quality (SSIM): **mse — " in text and "LPIPS was not measured: no ImageNet VGG16 weights" in quality
-    assert re.search(r"\| mse \| seeds 0–1 \(bezier\) \| 0\.\d{4} \| 0\.\d{4} \| 0\.\d+ ± [\d.e-]+ \(\d\.\d\d\) \|", quality)
+    assert re.search(r"\| mse \| seeds 0–1 \(bezier\) \| 0\.\d{4} ± 0\.\d{4} \| 0\.\d{4} ± 0\.\d{4} \| 0\.\d{4} ± 0\.\d{4} \(t = \d\.\d\d\) \|", quality)
     assert "| mse | seeds 0–1 | bezier | 1 | ref |" in text and re.search(r"Fits: (all 1 converged|\*\*1 of 1 curve fits not)", text)
 
 
