@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 import ae
 import data
@@ -86,6 +85,8 @@ def fit_record(ckpt: dict) -> dict | None:
 
 def save_grid(path: Path, recon: torch.Tensor) -> None:
     """PNG grid of reconstructions [columns, images, 3, H, W]: one row per image, one column per t."""
+    from torchvision.utils import make_grid, save_image  # here: importing torchvision takes 1.5 s
+
     grid = make_grid(recon.transpose(0, 1).reshape(-1, *recon.shape[2:]), nrow=recon.shape[0], padding=2, pad_value=1.0)
     atomic_write(path, lambda f: save_image(grid, f, format="png"))
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
 
 import ae
 import data
@@ -61,6 +60,8 @@ def default_out(group: str, seed: int) -> Path:
 
 def save_reconstructions(path: Path, model: torch.nn.Module, images: torch.Tensor, device: torch.device, n: int = 8) -> None:
     """PNG: n test images (top row) over their reconstructions (bottom row)."""
+    from torchvision.utils import make_grid, save_image  # here: importing torchvision takes 1.5 s
+
     x = images[:n].to(device).float().div(255)
     model.eval()
     with torch.inference_mode():
