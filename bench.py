@@ -41,8 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-points", type=cli.positive_int, default=5,
                    help="values of t per path in the evaluation benchmark, evenly from 0.1 to 0.9 (the exhaustive evaluation is slow)")
     p.add_argument("--study", action="store_true", help="also time run_study.py --preset quick (minutes)")
-    p.add_argument("--only-quality", action="store_true",
-                   help="only figure 7, what image quality costs an evaluated point (with its own endpoints and curve: minutes)")
+    p.add_argument("--only", choices=["eval", "quality"], default=None,
+                   help="only figure 3 (the evaluation against the exhaustive one, and its subset sizes) or figure 7 (what image "
+                        "quality costs an evaluated point), with their own endpoints and curve: minutes")
+    p.add_argument("--eval-sizes", type=cli.positive_int, nargs="*", default=[500, 250], metavar="N",
+                   help="figure 3 also runs the default evaluation with BatchNorm, train and test subsets of each N images (its "
+                        "anchors too), for its speed-up and its largest error against the exhaustive values")
     p.add_argument("--strict", action="store_true", help="exit non-zero when a figure misses its target (after printing and writing all)")
     cli.add_device_arg(p)
     p.add_argument("--cache-dir", default="data/cache", help="where the synthetic faces are cached")
@@ -195,6 +199,7 @@ def bench_eval(args, device, setup: tuple) -> dict:
     train, test, net = setup
     paths = {"curve": net, "segment": training.segment_of(net).to(device, memory_format=torch.channels_last)}
     d = eval_curve.parse_args([])
+    training.fill_subsets(d, "synthetic")  # the benchmark's images are synthetic faces
     anchor_ts = sorted({0.0, 1.0, *d.anchors})
     ts = np.linspace(0.1, 0.9, args.eval_points).tolist()
     subsets, bn = {"train": train[: d.train_images], "test": test[: d.test_images]}, train[: d.bn_images]
@@ -231,12 +236,45 @@ def bench_eval(args, device, setup: tuple) -> dict:
         loss = training.evaluate(middle, test, ae.mse, batch_size=128, device=device, t=0.5)["loss"]
         bn_error[n] = loss / slow[("segment", 0.5)]["test"] - 1
     speedup = exhaustive_total / default_total
-    return {"train_images": len(train), "test_images": len(test), "points_timed": len(slow),
+    sizes = {n: subset_trial(paths, ts, anchor_ts, (train, test), n, slow, exhaustive_total, (off_anchor, timed), d, device)
+             for n in args.eval_sizes}
+    return {"train_images": len(train), "test_images": len(test), "points_timed": len(slow), "sizes": sizes,
             "default": {"bn": d.bn_images, "train": d.train_images, "test": d.test_images, "anchors": anchor_ts, "estimator": d.estimator},
             "anchor_s": anchor_s, "default_s_per_point": spent / timed, "exhaustive_s_per_point": exhaustive_s,
             "eval_61_points_2_paths_s": {"default": default_total, "exhaustive": exhaustive_total}, "speedup": speedup,
             "points": points, "max_rel_error": errors, "bn_images_error_segment_middle": bn_error,
             "target": ">= 10x faster, within 1% at every point", "met": speedup >= 10 and max(errors.values()) <= 0.01}
+
+
+def subset_trial(paths, ts, anchor_ts, splits, n, slow, exhaustive_total, counts, d, device) -> dict:
+    """The default evaluation with BatchNorm, train and test subsets of `n` images (its anchors recomputed with BatchNorm
+    from the same n, image quality included as eval_curve.py measures it): its time for a whole evaluation (61 points,
+    both paths, projected as in bench_eval) and its largest error and own SE against the exhaustive values."""
+    (train, test), (off_anchor, timed) = splits, counts
+    bn, subsets, quality = train[:n], {"train": train[:n], "test": test[:n]}, training.Quality(d.quality_images)
+    start = time.perf_counter()
+    anchors = training.anchor_values(paths, anchor_ts, {"train": train, "test": test}, ae.mse, bn_images=bn,
+                                     batch_size=d.eval_batch_size, device=device, quality=quality)
+    anchor_s, start = time.perf_counter() - start, time.perf_counter()
+    errors, own = [], []
+    for name, path in paths.items():
+        r, _ = training.evaluate_path(path, ts, subsets, ae.mse, bn_images=bn, shown=batch(1, device), columns=[],
+                                      batch_size=d.eval_batch_size, device=device, desc=f"subsets of {n}, {name}",
+                                      anchors=anchors[name], quality=quality)
+        for i, t in enumerate(ts):
+            errors += [abs(r[f"{s}_loss"][i] / slow[(name, t)][s] - 1) for s in ("train", "test")]
+            own += [r[f"{s}_loss_se_subset"][i] / slow[(name, t)][s] for s in ("train", "test")]
+    per_point = (time.perf_counter() - start) / timed
+    total = anchor_s + off_anchor * per_point
+    return {"anchor_s": anchor_s, "s_per_point": per_point, "eval_61_points_2_paths_s": total, "speedup": exhaustive_total / total,
+            "max_rel_error": max(errors), "max_se_subset_rel": max(own)}
+
+
+def print_sizes(v: dict) -> None:
+    """Figure 3's subset sizes: speed-up and largest error of each."""
+    for n, s in v.get("sizes", {}).items():
+        print(f"   subsets of {n}: {s['speedup']:.1f}x (anchors {s['anchor_s']:.0f} s, {s['s_per_point']:.2f} s a point), "
+              f"max error {s['max_rel_error']:.2%}, own SE up to {s['max_se_subset_rel']:.2%}")
 
 
 def bench_plane(args, device, setup: tuple, eval_point_s: float) -> dict:
@@ -269,6 +307,7 @@ def bench_quality(args, device, setup: tuple) -> dict:
     point with LPIPS too (a random VGG16 trunk under torchmetrics' calibrated layers: the cost of ImageNet's)."""
     train, test, net = setup
     d = eval_curve.parse_args([])
+    training.fill_subsets(d, "synthetic")  # the benchmark's images are synthetic faces
     subsets, bn = {"train": train[: d.train_images], "test": test[: d.test_images]}, train[: d.bn_images]
     lpips, _ = vgg.lpips_metric("random", None, device)
     variants = {"without": None, "psnr_ssim": training.Quality(d.quality_images), "with_lpips": training.Quality(d.quality_images, lpips)}
@@ -390,10 +429,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     results = {"machine": machine(device)}
     print(machine_line(results["machine"]), flush=True)
-    if args.only_quality:
+    if args.only == "quality":
         results["quality"] = q = bench_quality(args, device, eval_setup(args, device))
         print(f"7. eval point with PSNR and SSIM / without: {q['psnr_ssim_over_without']:.3f} (target <= 1.15); with LPIPS too: "
               f"{q['lpips_over_without']:.2f}x; seconds per point: " + ", ".join(f"{k} {v:.3f}" for k, v in q["s_per_point"].items()))
+    if args.only == "eval":
+        results["eval"] = v = bench_eval(args, device, eval_setup(args, device))
+        print(f"3. evaluation speedup {v['speedup']:.1f}x, max error {max(v['max_rel_error'].values()):.2%}", flush=True)
+        print_points(v)
+        print_sizes(v)
+    if args.only:
         write_json(args.out, results)
         print(f"wrote {args.out}")
         return results
@@ -406,6 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["eval"] = bench_eval(args, device, setup)
     print(f"3. evaluation speedup {results['eval']['speedup']:.1f}x, max error {max(results['eval']['max_rel_error'].values()):.2%}", flush=True)
     print_points(results["eval"])
+    print_sizes(results["eval"])
     train_rate = args.batch_size / eff["channels_last"]["step_s"]
     results["data"] = bench_data(args, device, train_rate)
     print(f"4. cache {results['data']['cache_images_per_s']:.0f} img/s vs training {train_rate:.0f} img/s", flush=True)

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=cli.positive_int, default=4, help="fixed test images reconstructed along each path")
     p.add_argument("--columns", type=cli.at_least_two, default=None,
                    help="values of t shown in the reconstruction grids (default: 7, or num_points if fewer)")
-    add_subset_args(p, "each t", EVAL_SUBSETS)
+    add_subset_args(p, "each t (default: 250 on the synthetic faces, 1000 on images from files)", dict.fromkeys(EVAL_SUBSETS))
     p.add_argument("--estimator", default="control-variates", choices=ESTIMATORS,
                    help="control-variates (default): the ends and --anchors are evaluated on every image of both splits, every "
                         "other t on the subsets, whose means are corrected by regression on the anchors' per-image losses (the "
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
     ensure_dir(out.parent)
     data_cfg = data.data_config(args, base=config["data"])
+    training.fill_subsets(args, data_cfg["dataset"])
     train_images = data.load_split(data_cfg, "train")
     test_images = data.load_split(data_cfg, "test")
     loss_fn = training.objective_from_config(config, args.vgg_weights, device)  # the loss the curve was fitted with

@@ -387,7 +387,14 @@ def evaluate(model: nn.Module, images: torch.Tensor, loss_fn: Callable, **kwargs
 
 ESTIMATORS = ("control-variates", "subset")
 ANCHORS = (0.5,)  # besides the ends; values measured in docs/experiments.md (control-variate evaluation)
-EVAL_SUBSETS = {"bn_images": 1000, "train_images": 1000, "test_images": 1000}
+EVAL_SUBSETS = {"bn_images": 1000, "train_images": 1000, "test_images": 1000}  # images from files: BatchNorm needs 1,000
+SYNTHETIC_SUBSETS = {"bn_images": 250, "train_images": 250, "test_images": 250}  # within 0.5% of exhaustive, 24x faster (bench.py)
+
+
+def fill_subsets(args: argparse.Namespace, dataset: str) -> None:
+    """The subset flags left unset (None): SYNTHETIC_SUBSETS on the synthetic faces, else EVAL_SUBSETS (docs/performance.md)."""
+    for key, value in (SYNTHETIC_SUBSETS if dataset == "synthetic" else EVAL_SUBSETS).items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
 
 
 def add_subset_args(p: argparse.ArgumentParser, where: str, defaults: dict | None = None) -> None:

@@ -355,3 +355,20 @@ def test_control_variate_standard_errors_follow_the_regression_estimators_formul
     assert fit["se_subset"] == pytest.approx(np.sqrt(residual_var / n * (1 - n / big_n)), rel=1e-9)
     assert fit["se"] == pytest.approx(np.sqrt(y.var(ddof=1) / big_n + residual_var / n * (1 - n / big_n)), rel=1e-9)
     assert fit["r2"] == pytest.approx(1 - (e ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-9)
+
+
+def test_evaluation_subsets_default_by_dataset_and_flags_win(fitted, tmp_path, monkeypatch):
+    # synthetic faces: 250 images each (within 0.5% of exhaustive, bench.py); images from files keep 1,000 for BatchNorm
+    for dataset, expected in (("synthetic", 250), ("folder", 1000), ("celeba", 1000)):
+        args = eval_curve.parse_args([])
+        assert (args.bn_images, args.train_images, args.test_images) == (None, None, None)
+        training.fill_subsets(args, dataset)
+        assert (args.bn_images, args.train_images, args.test_images) == (expected,) * 3, dataset
+    args = eval_curve.parse_args(["--bn-images", "40", "--test-images", "7"])
+    training.fill_subsets(args, "synthetic")
+    assert (args.bn_images, args.train_images, args.test_images) == (40, 250, 7)
+    # an evaluation left to its defaults uses them (sizes below the tiny splits', so that they show)
+    monkeypatch.setattr(training, "SYNTHETIC_SUBSETS", {"bn_images": 10, "train_images": 11, "test_images": 12})
+    out, _ = fitted
+    result = eval_curve.main(["--ckpt", str(out), "--num_points", "2", "--quality-images", "0", "--out", str(tmp_path / "d.eval.json")])
+    assert [result["settings"][k] for k in ("bn_images", "train_images", "test_images")] == [10, 11, 12]
