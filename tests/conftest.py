@@ -25,6 +25,18 @@ def endpoints(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="session")
+def one_epoch_curve(endpoints, tmp_path_factory):
+    """A Bezier curve fitted for 1 epoch between the two endpoints (not aligned): its path. Evaluations of it write
+    beside it under names of their own."""
+    import fit_curve
+
+    out = tmp_path_factory.mktemp("curve") / "curve.pt"
+    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--epochs", "1", "--batch-size", "16",
+                    "--bn-images", "40", "--out", str(out)])
+    return out
+
+
 @contextlib.contextmanager
 def killed_after_epoch(monkeypatch, epoch: int):
     """A run inside stops with KeyboardInterrupt (as on Ctrl-C) right after writing its resume state

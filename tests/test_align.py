@@ -130,14 +130,8 @@ EVAL_FLAGS = ["--num_points", "5", "--columns", "3", "--bn-images", "40", "--tra
 
 
 @pytest.fixture(scope="module")
-def curve(endpoints, tmp_path_factory):
-    """A Bezier curve fitted for 1 epoch between the two endpoints (not aligned)."""
-    import fit_curve
-
-    out = tmp_path_factory.mktemp("curve") / "curve.pt"
-    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--epochs", "1", "--batch-size", "16",
-                    "--bn-images", "40", "--out", str(out)])
-    return out
+def curve(one_epoch_curve):
+    return one_epoch_curve
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from PIL import Image
 import ae
 import data
 import eval_curve
-import fit_curve
 import plot
 import report
 from lib import training, vgg
@@ -20,17 +19,15 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def curve(endpoints, tmp_path_factory):
-    out = tmp_path_factory.mktemp("quality") / "curve.pt"
-    fit_curve.main(["--a", str(endpoints[0]), "--b", str(endpoints[1]), "--epochs", "1", "--batch-size", "16",
-                    "--bn-images", "40", "--out", str(out)])
-    return out
+def curve(one_epoch_curve):
+    return one_epoch_curve
 
 
 @pytest.fixture(scope="module")
 def evaluated(curve):
     """The default evaluation (offline: no LPIPS) with the quality measured on the first 8 of 12 test images."""
-    return eval_curve.main(["--ckpt", str(curve), *EVAL, "--quality-images", "8", "--lpips", "auto"])
+    return eval_curve.main(["--ckpt", str(curve), *EVAL, "--quality-images", "8", "--lpips", "auto",
+                            "--out", str(curve.with_name("quality.eval.json"))])
 
 
 def faces(n=6):
@@ -118,9 +115,9 @@ def test_lpips_reads_its_backbone_from_a_file_into_torchmetrics_network(tmp_path
 
 
 def test_the_gif_has_a_frame_per_t_and_starts_at_the_t0_reconstructions(evaluated, curve, tmp_path):
-    eval_json = curve.with_name("curve.eval.json")
+    eval_json = curve.with_name("quality.eval.json")
     written = plot.main([str(eval_json), "--out", str(tmp_path / "all")])
-    gif = tmp_path / "all" / "recon_curve.gif"
+    gif = tmp_path / "all" / "recon_quality.gif"
     assert gif in written and json.loads((tmp_path / "all" / "index.json").read_text())["figures"].count(str(gif)) == 1
     with np.load(eval_json.with_name(evaluated["files"]["npz"])) as f:
         npz = {k: f[k] for k in f.files}
@@ -140,7 +137,7 @@ def test_the_gif_has_a_frame_per_t_and_starts_at_the_t0_reconstructions(evaluate
 
 
 def test_figure_2_has_an_ssim_panel(evaluated, curve):
-    fig = plot.draw_losses([{**evaluated, "_path": str(curve.with_name("curve.eval.json"))}], "title")
+    fig = plot.draw_losses([{**evaluated, "_path": str(curve.with_name("quality.eval.json"))}], "title")
     assert [ax.get_ylabel() for ax in fig.axes] == ["train MSE", "test MSE", "test SSIM"]
     line = fig.axes[2].get_lines()[0]
     assert list(line.get_ydata()) == evaluated["paths"]["curve"]["test_ssim"]
