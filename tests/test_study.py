@@ -206,7 +206,8 @@ def test_data_that_cannot_be_loaded_leaves_no_study_folder(tmp_path):
 
 def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
     """The full preset's code path (CelebA loader, VGG16 relu1_2, relu2_2 and relu3_3 from a weight file,
-    snapshot ensemble) on a CelebA of 10 JPEGs, every size overridden small: VGG16 at 64x64 is slow on a CPU."""
+    snapshot ensemble) on a CelebA of 10 JPEGs, every size overridden small: VGG16 at 64x64 is slow on a CPU. The
+    steps that read nothing of the full preset's own (simplex, function space) run in the quick study's tests."""
     parts = [0, 2, 0, 1, 0, 2, 1, 0, 2, 0]  # partition of each image: 0 train, 1 valid, 2 test
     fake_celeba(tmp_path / "celeba", "txt", parts)
     torch.manual_seed(0)
@@ -217,7 +218,7 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
         "--out", str(folder), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--seeds", "0", "1", "--width", "4",
         "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--curve-epochs", "1", "--num-points", "3", "--bn-images", "8",
         "--train-images", "4", "--test-images", "8", "--fge-cycles", "1", "--fge-cycle", "1", "--ensemble-k", "2",
-        "--ensemble-points", "3", "--plane-grid", "3", "--simplex-epochs", "1", "--simplex-points", "2"])
+        "--ensemble-points", "3", "--plane-grid", "3", "--no-simplex", "--no-function-space"])
     n_train, n_test = parts.count(0), parts.count(2)  # the partition's train and test splits
     setup = report.read_text().split("## Endpoints")[0]
     assert "Left out" not in setup  # its evaluations fit its settings: 8 test images asked, the 3 there used
