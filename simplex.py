@@ -172,7 +172,7 @@ def new_phase(net, phase, args, init: bool) -> torch.optim.Optimizer:
     return torch.optim.Adam(bend_parameters(net, phase[2]), lr=args.lr, weight_decay=args.wd)
 
 
-QUALITY_METRICS = ("test_psnr", "test_ssim")  # of the first --quality-images test images (training.Quality)
+QUALITY_METRICS = tuple(f"test_{name}" for name in training.Quality().names())  # what training.Quality measures (no LPIPS here)
 
 
 def estimate(values: dict, controls: list[dict] | None) -> dict:
