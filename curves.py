@@ -76,31 +76,6 @@ def make_curve(name: str, num_bends: int):
     raise ValueError(f"unknown curve {name!r}; choose one of {', '.join(CURVES)}")
 
 
-def simplex_point(vertices: list[int], weights: list[float], num_bends: int) -> list[float]:
-    """The coefficients of the point sum_i weights[i] w_{vertices[i]} of a simplex of bends: barycentric weights
-    (non-negative, summing to 1) at its vertices, zero at every other bend."""
-    if len(set(vertices)) != len(vertices) or len(weights) != len(vertices) or min(weights) < 0 or abs(sum(weights) - 1) > 1e-9:
-        raise ValueError(f"a simplex needs distinct vertices with barycentric weights (>= 0, sum 1), got {vertices}, {weights}")
-    return [float(weights[vertices.index(j)]) if j in vertices else 0.0 for j in range(num_bends)]
-
-
-def uniform_simplex(k: int, generator: torch.Generator | None = None) -> list[float]:
-    """Barycentric weights of a uniform point of a simplex of k vertices: Dirichlet(1, ..., 1), drawn as k standard
-    exponentials over their sum."""
-    e = torch.empty(k, dtype=torch.float64).exponential_(generator=generator)
-    return (e / e.sum()).tolist()
-
-
-def simplex_volume_sq(gram: torch.Tensor) -> torch.Tensor:
-    """The squared n-volume of the simplex of n+1 vertices whose Gram matrix is `gram`, by the Cayley-Menger
-    determinant of the squared distances d_ij = G_ii + G_jj - 2 G_ij: V^2 = (-1)^(n+1) det(CM) / (2^n (n!)^2)."""
-    n, diag = len(gram) - 1, gram.diagonal()
-    cm = torch.ones(n + 2, n + 2, dtype=gram.dtype, device=gram.device)
-    cm[0, 0] = 0
-    cm[1:, 1:] = (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0).fill_diagonal_(0)
-    return (-1) ** (n + 1) * torch.linalg.det(cm) / (2**n * math.factorial(n) ** 2)
-
-
 class CurveModule(nn.Module):
     """Base of the curve layers: one parameter per bend for each tensor in `param_names`.
 
@@ -224,7 +199,7 @@ class CurveNet(nn.Module):
     `forward(x, t)` runs the network at t (sampling t ~ U(0,1) when t is None); `weights(t)` is
     the flat weight vector at t; `export(t)` is a plain copy of `model` holding the weights at t.
     Wherever a t is taken, a list of num_bends coefficients may stand for it: the point sum_j c_j w_j,
-    e.g. a point of a simplex of the bends (simplex_point), so the bends become a simplicial complex.
+    e.g. a point of a simplex of the bends (lib/complexes.py, simplex_point), so the bends become a simplicial complex.
     """
 
     def __init__(self, model: nn.Module, curve: str = "bezier", num_bends: int = 3, fix_ends: bool | tuple = True):

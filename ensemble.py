@@ -744,7 +744,6 @@ def main(argv: list[str] | None = None) -> dict:
     for key, draw in drawn:
         fig = draw(result)
         save_figure(fig, out / files[key], dpi=130)
-        plt.close(fig)
     result["files"] = files
     write_json(out / "ensemble.json", result)  # last: its presence means the run and its figures are complete
     print_table(result)

@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"evaluating {ckpt_path} (newest curve in {CURVE_DIR}; pass --ckpt to choose)")
     net, ckpt = load_curve(ckpt_path)
     config = ckpt["config"]
-    if args.columns is None:
-        args.columns = min(7, args.num_points)
+    args.columns = min(7, args.num_points) if args.columns is None else args.columns
     if args.columns > args.num_points:
         raise UserError(f"--columns {args.columns} exceeds --num_points {args.num_points}; lower --columns")
     out = Path(args.out) if args.out else ckpt_path.with_name(ckpt_path.stem + ".eval.json")
@@ -121,8 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_dir(out.parent)
     data_cfg = data.data_config(args, base=config["data"])
     training.fill_subsets(args, data_cfg["dataset"])
-    train_images = data.load_split(data_cfg, "train")
-    test_images = data.load_split(data_cfg, "test")
+    train_images, test_images = (data.load_split(data_cfg, split) for split in ("train", "test"))
     loss_fn = training.objective_from_config(config, args.vgg_weights, device)  # the loss the curve was fitted with
     # Fixed subsets: the first images of each split (splits are already in a fixed random order).
     split_images = {"train": train_images[: args.train_images], "test": test_images[: args.test_images]}

@@ -82,8 +82,7 @@ def build_curve(model_a: ae.AutoEncoder, model_b: ae.AutoEncoder, curve: str, nu
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = cli.pick_device(args.device)
-    model_a, ckpt_a = load_ae(args.a)
-    model_b, ckpt_b = load_ae(args.b)
+    (model_a, ckpt_a), (model_b, ckpt_b) = load_ae(args.a), load_ae(args.b)
     if Path(args.a).resolve() == Path(args.b).resolve():
         raise UserError("--a and --b are the same file; a curve needs two different endpoints")
     cfg_a, cfg_b = ckpt_a["config"], ckpt_b["config"]
@@ -98,8 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{out} is already complete; nothing to resume")
         return {}
 
-    train_images = data.load_split(data_cfg, "train")
-    test_images = data.load_split(data_cfg, "test")
+    train_images, test_images = (data.load_split(data_cfg, split) for split in ("train", "test"))
     bn_images = train_images[: args.bn_images]
     cli.seed_everything(args.seed)
     objective = training.objective_from_config(cfg_a, args.vgg_weights, device)  # the curve minimises what the endpoints did
@@ -115,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{info['distance_after']:.4g} ({info['units_moved']} of {info['units']} units moved)")
     net = build_curve(model_a, model_b, args.curve, args.num_bends).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.free_parameters(), lr=args.lr, weight_decay=args.wd)
-    precision = training.resolve_precision(args.precision, device, cfg_a["loss"])
+    precision = training.resolve_precision(args.precision, device, cfg_a["loss"], args.resume and resume_file)
     endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in ((args.a, cfg_a), (args.b, cfg_b))]
     run_config = {"curve": args.curve, "num_bends": args.num_bends, "model": cfg_a["model"], "loss": cfg_a["loss"],
                   **ae.variant_settings(cfg_a), "vgg_weights": cfg_a.get("vgg_weights"), "vgg_layers": cfg_a.get("vgg_layers"), "data": data_cfg, "endpoints": endpoints,

@@ -499,7 +499,6 @@ def main(argv: list[str] | None = None) -> dict:
     for key, draw in figures:
         fig = draw(result)
         save_figure(fig, out / files[key], dpi=130)
-        plt.close(fig)
     result["files"] = files
     result["seconds"] = time.time() - t0
     write_json(out / "function_space.json", result)  # last: its presence means the run and its figures are complete

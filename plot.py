@@ -177,20 +177,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for key, members in sorted(groups.items()):
         fig = draw_losses(members, f"{ae.group_of(members[0])} autoencoders: {members[0]['curve']} curves vs segments", args.log, args.se)
         written.append(save_figure(fig, out / f"fig2_{key}.{args.format}", dpi=130))
-        plt.close(fig)
     for result in results:
         stem = Path(result["_path"]).name.removesuffix(".eval.json")
         fig = draw_losses([result], f"{pair_label(result)}, {result['loss']}: {result['curve']} curve vs segment", args.log, args.se)
         written.append(save_figure(fig, out / f"pair_{stem}.{args.format}", dpi=130))
-        plt.close(fig)
         if result.get("fit"):
-            fig = draw_fit(result)
-            written.append(save_figure(fig, out / f"fit_{stem}.{args.format}", dpi=110))
-            plt.close(fig)
+            written.append(save_figure(draw_fit(result), out / f"fit_{stem}.{args.format}", dpi=110))
         if result.get("probe", {}).get("paths"):
             fig = cli.optional("figures", "the probe figure of an eval_curve.py --probe evaluation").draw_probe(result)
             written.append(save_figure(fig, out / f"probe_{stem}.{args.format}", dpi=110))
-            plt.close(fig)
         npz_path = Path(result["_path"]).with_name(result["files"]["npz"])
         try:
             with np.load(npz_path, allow_pickle=False) as f:
@@ -198,14 +193,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                        if k in f.files or k not in ("columns", "aligned_segment")}
         except (OSError, KeyError, ValueError) as e:
             raise UserError(f"cannot read reconstructions {npz_path}: {e}; rerun eval_curve.py") from None
-        fig = draw_strip(result, npz)
-        written.append(save_figure(fig, out / f"strip_{stem}.{args.format}", dpi=110))
-        plt.close(fig)
+        written.append(save_figure(draw_strip(result, npz), out / f"strip_{stem}.{args.format}", dpi=110))
         written.append(write_gif(result, npz, out / f"recon_{stem}.gif", args.gif_frames))
     for result in (r for r in loaded if r["format"] == PLANE_FORMAT):
         fig = cli.optional("figures", "the figure of a plane.py file").draw_plane(result)
         written.append(save_figure(fig, out / f"plane_{Path(result['_path']).name.removesuffix('.plane.json')}.{args.format}", dpi=120))
-        plt.close(fig)
     for path in written:
         print(f"wrote {path}")
     write_json(out / "index.json", {"figures": [str(p) for p in written]})  # last: its presence means every figure is there

@@ -98,12 +98,12 @@ def bend_parameters(net: curves.CurveNet, bends: list[int]) -> list[torch.nn.Par
 
 def log_volume(net: curves.CurveNet, bends: list[int]) -> torch.Tensor:
     """log V of the simplex of `bends` (0.5 log(V^2 + eps)), differentiable."""
-    return 0.5 * torch.log(curves.simplex_volume_sq(net.gram(bends)).clamp_min(0) + VOLUME_EPS)
+    return 0.5 * torch.log(complexes.simplex_volume_sq(net.gram(bends)).clamp_min(0) + VOLUME_EPS)
 
 
 def volume(net: curves.CurveNet, bends: list[int]) -> float:
     with torch.no_grad():
-        return float(curves.simplex_volume_sq(net.gram(bends)).clamp_min(0).sqrt())
+        return float(complexes.simplex_volume_sq(net.gram(bends)).clamp_min(0).sqrt())
 
 
 def fit(args, net, n, m, objective, train_images, test_images, bn_images, device, out, run_config) -> list[dict]:
@@ -274,7 +274,7 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
     common = dict(bn_images=bn_images, batch_size=args.eval_batch_size, device=device)
     quality = training.Quality(args.quality_images)
     names = [f"e{i}" for i in range(n)] + [f"c{j + 1}" for j in range(m)]
-    vertex_point = lambda v: curves.simplex_point([v], [1.0], k)  # noqa: E731
+    vertex_point = lambda v: complexes.simplex_point([v], [1.0], k)  # noqa: E731
 
     # every path endpoint_i -> c -> endpoint_j, as a 3-bend PolyChain (the same network at every point, tested)
     states = [net.state_dict_at(vertex_point(v)) for v in range(k)]
@@ -308,9 +308,9 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
     with tqdm(total=args.points * (len(simplex_list) + 1), desc="random points", leave=False, disable=None) as bar:
         for s, simplex in enumerate(simplex_list + [plain]):
             for _ in range(args.points):
-                weights = curves.uniform_simplex(len(simplex), generator)
+                weights = complexes.uniform_simplex(len(simplex), generator)
                 entry = {"simplex": s if s < len(simplex_list) else None, "vertices": [names[v] for v in simplex], "weights": weights,
-                         **at(curves.simplex_point(simplex, weights, k), simplex)}
+                         **at(complexes.simplex_point(simplex, weights, k), simplex)}
                 samples["complex" if s < len(simplex_list) else "plain"].append(entry)
                 bar.update()
     barycentres = {"+".join(names[v] for v in simplex): {"vertices": [names[v] for v in simplex],
@@ -334,7 +334,7 @@ def evaluate(args, net, n, m, objective, train_images, test_images, bn_images, d
         for simplex in simplex_list + [plain]:
             losses = []
             for w in tqdm(weights, desc=f"grid {'+'.join(names[v] for v in simplex)}", leave=False, disable=None):
-                values = training.evaluate_point(net, test_only, objective, t=curves.simplex_point(simplex, w, k),
+                values = training.evaluate_point(net, test_only, objective, t=complexes.simplex_point(simplex, w, k),
                                                  features={"test": features.get("test")}, **common)
                 losses.append(float(values["test_loss"].double().mean()))
             grid["triangles"]["+".join(names[v] for v in simplex)] = {"vertices": [names[v] for v in simplex], "test_loss": losses}
@@ -414,7 +414,6 @@ def figures(result, net, shown, path_recon, columns, curve_evals, stem, bn_image
             ax.axis("off")
         fig.colorbar(mesh, ax=axes[0].tolist(), shrink=0.8, label=f"test {result['group']} loss")
         files["triangles"] = save_figure(fig, stem.with_name(stem.name + ".triangles.png"), dpi=120, bbox_inches="tight").name
-        plt.close(fig)
 
     pairs = sorted({(name.split("-")[0], name.split("-")[2]) for name in result["paths"]})
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.4), squeeze=False)
@@ -439,12 +438,11 @@ def figures(result, net, shown, path_recon, columns, curve_evals, stem, bn_image
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(f"test {result['group']} loss")
     files["paths"] = save_figure(fig, stem.with_name(stem.name + ".paths.png"), dpi=120, bbox_inches="tight").name
-    plt.close(fig)
 
     # reconstructions: the vertices, each simplex's barycentre, and the path e0 -> c1 -> e1
     k, cols, labels = net.num_bends, [], []
     names = [v["name"] for v in result["vertices"]]
-    points = [(name, curves.simplex_point([i], [1.0], k)) for i, name in enumerate(names)]
+    points = [(name, complexes.simplex_point([i], [1.0], k)) for i, name in enumerate(names)]
     points += [(f"bary {name}", complexes.barycentre([names.index(x) for x in b["vertices"]], k)) for name, b in result["barycentres"].items()]
     for label, point in points:
         recompute_bn(net, bn_images, objective.noise, batch_size=args.eval_batch_size, device=device, t=point)
@@ -464,7 +462,6 @@ def figures(result, net, shown, path_recon, columns, curve_evals, stem, bn_image
             if r == 0:
                 axes[r][c].set_title("original" if c == 0 else labels[c - 1], fontsize=6)
     files["recon"] = save_figure(fig, stem.with_name(stem.name + ".recon.png"), dpi=120, bbox_inches="tight").name
-    plt.close(fig)
     return files
 
 

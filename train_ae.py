@@ -82,17 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{out} is already complete; nothing to resume")
         return load_checkpoint(out, AE_FORMAT, ("metrics",))["metrics"]
     data_cfg = data.data_config(args)
-    train_images = data.load_split(data_cfg, "train")
-    test_images = data.load_split(data_cfg, "test")
+    train_images, test_images = (data.load_split(data_cfg, split) for split in ("train", "test"))
 
     cli.seed_everything(args.seed)
     model = ae.AutoEncoder(args.latent_dim, args.width).to(device, memory_format=torch.channels_last)
-    loss_fn = training.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers))
-    if isinstance(loss_fn, torch.nn.Module):
-        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+    loss_fn = training.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers), device)
     objective = training.Objective(loss_fn, args.noise, args.l1)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    precision = training.resolve_precision(args.precision, device, args.loss)
+    precision = training.resolve_precision(args.precision, device, args.loss, args.resume and resume_file)
     run_config = {"model": ae.model_config(model), "loss": args.loss, "seed": args.seed, "data": data_cfg,
                   "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule, "epochs": args.epochs,
                   "precision": precision, "noise": args.noise, "l1": args.l1,

@@ -7,6 +7,7 @@ three triangles share the edge c_1 - c_2. simplex.py fits and evaluates a comple
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -14,6 +15,31 @@ import torch
 import ae
 import curves
 from lib.files import COMPLEX_FORMAT, CheckpointError, file_sha256, load_checkpoint
+
+
+def simplex_point(vertices: list[int], weights: list[float], num_bends: int) -> list[float]:
+    """The coefficients of the point sum_i weights[i] w_{vertices[i]} of a simplex of bends: barycentric weights
+    (non-negative, summing to 1) at its vertices, zero at every other bend."""
+    if len(set(vertices)) != len(vertices) or len(weights) != len(vertices) or min(weights) < 0 or abs(sum(weights) - 1) > 1e-9:
+        raise ValueError(f"a simplex needs distinct vertices with barycentric weights (>= 0, sum 1), got {vertices}, {weights}")
+    return [float(weights[vertices.index(j)]) if j in vertices else 0.0 for j in range(num_bends)]
+
+
+def uniform_simplex(k: int, generator: torch.Generator | None = None) -> list[float]:
+    """Barycentric weights of a uniform point of a simplex of k vertices: Dirichlet(1, ..., 1), drawn as k standard
+    exponentials over their sum."""
+    e = torch.empty(k, dtype=torch.float64).exponential_(generator=generator)
+    return (e / e.sum()).tolist()
+
+
+def simplex_volume_sq(gram: torch.Tensor) -> torch.Tensor:
+    """The squared n-volume of the simplex of n+1 vertices whose Gram matrix is `gram`, by the Cayley-Menger
+    determinant of the squared distances d_ij = G_ii + G_jj - 2 G_ij: V^2 = (-1)^(n+1) det(CM) / (2^n (n!)^2)."""
+    n, diag = len(gram) - 1, gram.diagonal()
+    cm = torch.ones(n + 2, n + 2, dtype=gram.dtype, device=gram.device)
+    cm[0, 0] = 0
+    cm[1:, 1:] = (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0).fill_diagonal_(0)
+    return (-1) ** (n + 1) * torch.linalg.det(cm) / (2**n * math.factorial(n) ** 2)
 
 
 def simplexes(n_endpoints: int, connectors: int) -> list[list[int]]:
@@ -45,11 +71,11 @@ def init_connector(net: curves.CurveNet, j: int) -> None:
 def sample_point(simplex_list: list[list[int]], num_bends: int, generator: torch.Generator) -> tuple[int, list[float]]:
     """One simplex uniformly and a uniform point in it: (the simplex's index, the point's coefficients)."""
     k = int(torch.randint(len(simplex_list), (), generator=generator))
-    return k, curves.simplex_point(simplex_list[k], curves.uniform_simplex(len(simplex_list[k]), generator), num_bends)
+    return k, simplex_point(simplex_list[k], uniform_simplex(len(simplex_list[k]), generator), num_bends)
 
 
 def barycentre(vertices: list[int], num_bends: int) -> list[float]:
-    return curves.simplex_point(vertices, [1.0 / len(vertices)] * len(vertices), num_bends)
+    return simplex_point(vertices, [1.0 / len(vertices)] * len(vertices), num_bends)
 
 
 def load(path: str | Path, check_endpoints: bool = True) -> tuple[curves.CurveNet, dict]:

@@ -122,9 +122,14 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
-    """Save a matplotlib figure atomically; the format follows the file's suffix."""
+    """Save a matplotlib figure atomically, then close it; the format follows the file's suffix."""
+    import matplotlib.pyplot as plt  # already imported by whoever drew `fig`
+
     fmt = Path(path).suffix.lstrip(".") or "png"
-    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+    finally:
+        plt.close(fig)
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict) -> Path:

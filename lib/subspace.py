@@ -147,13 +147,11 @@ def main(args: argparse.Namespace) -> dict:
 
     curve, k = SHAPES[args.subspace]
     net = build(args.subspace, args.latent_dim, args.width, args.seed).to(device, memory_format=CHANNELS_LAST)
-    loss_fn = training.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers))
-    if isinstance(loss_fn, torch.nn.Module):
-        loss_fn = loss_fn.to(device, memory_format=CHANNELS_LAST)
+    loss_fn = training.make_loss(args.loss, args.vgg_weights, tuple(args.vgg_layers), device)
     objective = training.Objective(loss_fn, args.noise, args.l1)
     ensure_dir(out.parent)  # after the checks that can refuse the flags: a refused run leaves no folder behind
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
-    precision = training.resolve_precision(args.precision, device, args.loss)
+    precision = training.resolve_precision(args.precision, device, args.loss, args.resume and resume_file)
     endpoint_config = {"model": ae.model_config(net.template), "loss": args.loss,
                        "seed": args.seed, "data": data_cfg, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
                        "epochs": args.epochs, "precision": precision, "noise": args.noise, "l1": args.l1,

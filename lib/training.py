@@ -7,9 +7,11 @@ maximum, barrier, paired SEs), the straight segment of a curve, the newest curve
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import math
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -50,19 +52,53 @@ def add_schedule_arg(parser: argparse.ArgumentParser) -> None:
                              "50%% of the steps, then linear down to 1%% of it at 90%%, then 1%%), cosine (down to 0), or constant")
 
 
-def resolve_precision(precision: str, device: torch.device, loss: str) -> str:
-    """`auto` is bf16 for the perceptual loss's VGG where the device computes bf16 natively and fast (lib/vgg.py,
-    bf16_fast; its accuracy cost was measured below the spread between seeds, docs/performance.md), fp32 otherwise."""
+BF16_MIN_SPEEDUP = 1.2  # `auto` uses bf16 for a pass that measures at least this much faster in it
+
+
+def resolve_precision(precision: str, device: torch.device, loss: str, resume: Path | None = None) -> str:
+    """`auto`: bf16 inside VGG for the perceptual loss, bf16 for the whole pass otherwise, where bf16_fast says so;
+    else fp32 (the accuracy and speed of each measured: docs/performance.md); a run resuming from `resume` (when
+    that file exists) keeps what its start chose. Any other `precision` is itself."""
+    if precision == "auto" and resume and resume.exists():
+        saved = load_checkpoint(resume, files.RESUME_FORMAT, ("config",))["config"]
+        return saved.get("precision", "fp32") if isinstance(saved, dict) else "fp32"  # load_resume checks it all
     if precision != "auto":
         return precision
-    return "bf16-vgg" if loss == "perceptual" and cli.optional("vgg", "--loss perceptual").bf16_fast(device) else "fp32"
+    kind = "vgg" if loss == "perceptual" else "autoencoder"
+    return ("bf16-vgg" if kind == "vgg" else "bf16") if bf16_fast(device, kind) else "fp32"
+
+
+def bf16_fast(device: torch.device, kind: str) -> bool:
+    """A CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX on which bf16_speedup(kind) reaches BF16_MIN_SPEEDUP."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    native = any(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)() for name in ("avx512_bf16", "amx_tile"))
+    return device.type == "cpu" and native and bf16_speedup(kind) >= BF16_MIN_SPEEDUP
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_speedup(kind: str) -> float:
+    """fp32 / bf16 time on this CPU of a training pass (the best of 5 after 2 warm-ups, in alternation) of the default
+    `autoencoder` at batch 16, or of `vgg`'s relu1_2 convolution at batch 8; once per process, torch's RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = (ae.AutoEncoder() if kind == "autoencoder" else nn.Conv2d(64, 64, 3, padding=1, bias=False)).to(memory_format=torch.channels_last)
+        x = (torch.rand(16, 3, 64, 64) if kind == "autoencoder" else torch.rand(8, 64, 64, 64)).contiguous(memory_format=torch.channels_last)
+        times = {False: [], True: []}
+        for bf16 in [False, True] * 7:
+            start = time.perf_counter()
+            with autocast(torch.device("cpu"), bf16):
+                out = net(x)
+            out.float().square().mean().backward()
+            times[bf16].append(time.perf_counter() - start)
+        return min(times[False][2:]) / min(times[True][2:])
 
 
 def add_precision_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--precision", default=default, choices=PRECISIONS,
-                        help="arithmetic of the forward pass (weights and optimiser stay fp32): fp32; bf16-vgg (autocast to bfloat16 "
-                             "inside the perceptual loss's VGG only); bf16 (the whole forward pass); auto (bf16-vgg for the perceptual "
-                             "loss where the GPU or CPU has native bf16 and a VGG convolution measures faster in it, else fp32)")
+                        help="arithmetic of the forward pass (weights, optimiser stay fp32): fp32; bf16-vgg (bfloat16 inside the perceptual "
+                             "loss's VGG only); bf16 (the whole pass); auto (where bf16 is native and measures faster: bf16-vgg for the "
+                             "perceptual loss, bf16 for the others; else fp32)")
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -98,18 +134,19 @@ def as_objective(loss: Callable | Objective) -> Objective:
     return loss if isinstance(loss, Objective) else Objective(loss)
 
 
-def make_loss(name: str, vgg_weights: str = "imagenet", vgg_layers: tuple[str, ...] = ae.VGG_DEFAULT_LAYERS):
+def make_loss(name: str, vgg_weights: str = "imagenet", vgg_layers: tuple[str, ...] = ae.VGG_DEFAULT_LAYERS, device=None):
     """The training loss by name: a callable (recon, target, reduction='mean') -> tensor; the perceptual loss's VGG16
-    weights are imagenet, random or a file (lib/vgg.py, imported only for it)."""
+    weights are imagenet, random or a file (lib/vgg.py, imported only for it), on `device` (None: the CPU)."""
     if name == "mse":
         return ae.mse
     if name != "perceptual":
         raise UserError(f"unknown loss {name!r}; choose one of {', '.join(ae.LOSSES)}")
     vgg = cli.optional("vgg", "--loss perceptual")
     try:
-        return ae.PerceptualLoss(vgg.vgg16_features(vgg_weights), tuple(vgg_layers), vgg.vgg_weights_name(vgg_weights))
+        loss = ae.PerceptualLoss(vgg.vgg16_features(vgg_weights), tuple(vgg_layers), vgg.vgg_weights_name(vgg_weights))
     except ValueError as e:
         raise UserError(str(e)) from None
+    return loss.to(device or "cpu", memory_format=torch.channels_last)
 
 
 def objective_from_config(config: dict, vgg_file: str | None = None, device: torch.device | None = None) -> Objective:
@@ -123,9 +160,7 @@ def objective_from_config(config: dict, vgg_file: str | None = None, device: tor
             if vgg_file is None or Path(vgg_file).name != name:
                 raise UserError(f"this perceptual loss used the VGG16 weight file {name}; pass it again with --vgg-weights PATH")
             weights = vgg_file
-        loss_fn = make_loss(config.get("loss"), weights, tuple(config.get("vgg_layers") or ae.VGG_DEFAULT_LAYERS))
-    if isinstance(loss_fn, nn.Module) and device is not None:
-        loss_fn = loss_fn.to(device, memory_format=torch.channels_last)
+        loss_fn = make_loss(config.get("loss"), weights, tuple(config.get("vgg_layers") or ae.VGG_DEFAULT_LAYERS), device)
     return Objective(loss_fn, **ae.variant_settings(config))
 
 

@@ -1,13 +1,12 @@
 """VGG16 beyond its layers (ae.py): its weights, for the perceptual loss (--vgg-weights) and LPIPS (ImageNet's through
 torchvision's weights API and torch's download cache, a state-dict file, or a seeded random initialisation), the LPIPS
-network, and whether bf16 makes its convolutions faster here (--precision auto). Imported only where VGG16 is used,
+network. Imported only where VGG16 is used,
 so a bare copy of the card's scripts runs the MSE group without it."""
 from __future__ import annotations
 
 import copy
 import functools
 import inspect
-import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
@@ -17,47 +16,6 @@ import torch.nn as nn
 
 import ae
 from lib.files import UserError, load_failure
-
-
-BF16_MIN_SPEEDUP = 1.2  # a CPU counts as fast in bf16 when VGG's first-block convolution runs this much faster in it
-
-
-def bf16_fast(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively and fast: a CUDA GPU that supports it, or a CPU with AVX-512 BF16
-    or AMX on which a VGG convolution measures faster in bf16 (cpu_bf16_speedup): native support alone does not
-    make it so (docs/performance.md)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return any(native_bf16().values()) and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
-    return False
-
-
-def native_bf16() -> dict[str, bool]:
-    """Whether this CPU reports AVX-512 BF16 and AMX (torch.cpu's checks are private: missing ones count as no)."""
-    return {key: bool(getattr(torch.cpu, name, lambda: False)())
-            for key, name in (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))}
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_speedup() -> float:
-    """fp32 time / bf16 autocast time of a convolution like VGG16's relu1_2 (64 -> 64 channels, 3x3, on 64x64 maps,
-    channels_last, batch 8), the best of 3 runs each; measured once per process, leaving torch's RNG untouched."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
-        conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-        x = torch.randn(8, 64, 64, 64).contiguous(memory_format=torch.channels_last)
-
-        def best(bf16: bool) -> float:
-            times = []
-            for _ in range(4):  # the first is a warm-up
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    start = time.perf_counter()
-                    conv(x)
-                    times.append(time.perf_counter() - start)
-            return min(times[1:])
-
-        return best(False) / best(True)
 
 
 def imagenet_cache() -> Path:

@@ -70,7 +70,8 @@ def recording_replace(monkeypatch) -> list[Path]:
 def reference(tmp_path_factory):
     """An uninterrupted 8-epoch run: its flags (all but --out), its checkpoint, and the files renamed into place."""
     tmp = tmp_path_factory.mktemp("reference")
-    flags = ["--seed", "3", *tiny_args(tmp, **{"--epochs": EPOCHS})]
+    # fp32 by name: the runs in subprocesses would otherwise time bf16 for themselves (conftest pins it in this one)
+    flags = ["--seed", "3", "--precision", "fp32", *tiny_args(tmp, **{"--epochs": EPOCHS})]
     out = tmp / "ref" / "a.pt"
     with pytest.MonkeyPatch.context() as mp:
         replaced = recording_replace(mp)
@@ -1051,13 +1052,14 @@ def test_bench_names_the_machine_its_figures_come_from(monkeypatch):
     import bench
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(vgg, "cpu_bf16_speedup", lambda: 3.0)  # as measured on a CPU where bf16 is fast
+    monkeypatch.setattr(training, "bf16_speedup", lambda kind: {"autoencoder": 2.0, "vgg": 3.0}[kind])  # a CPU where bf16 is fast
     for amx, avx512_bf16, perceptual in ((True, False, "bf16-vgg"), (False, True, "bf16-vgg"), (False, False, "fp32")):
+        mse = "bf16" if amx or avx512_bf16 else "fp32"
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         m = bench.machine(cpu)
         assert (m["amx"], m["avx512_bf16"]) == (amx, avx512_bf16)
-        assert m["auto_precision"] == {"mse": "fp32", "perceptual": perceptual}  # what `auto` resolves to on such a CPU
+        assert m["auto_precision"] == {"mse": mse, "perceptual": perceptual}  # what `auto` resolves to on such a CPU
         line = bench.machine_line(m)
         assert f"AMX {'yes' if amx else 'no'}" in line and f"AVX-512 BF16 {'yes' if avx512_bf16 else 'no'}" in line
-        assert f"perceptual {perceptual}" in line and ("3.00x" in line) == (amx or avx512_bf16)
+        assert f"mse {mse}, perceptual {perceptual}" in line and ("3.00x" in line) == ("2.00x" in line) == (amx or avx512_bf16)

@@ -1,4 +1,4 @@
-"""Simplexes of bends in curves.py: barycentric points, uniform draws, fixed vertices, Cayley-Menger volumes."""
+"""Simplexes of bends (curves.py's layers, lib/complexes.py's points): barycentric points, uniform draws, fixed vertices, Cayley-Menger volumes."""
 import math
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 
 import ae
 import curves
+from lib import complexes
 
 
 def tiny_models(count, seed=0):
@@ -29,17 +30,17 @@ def complex_net(models, connectors):
 
 
 def test_simplex_points_are_barycentric_and_zero_off_the_simplex():
-    c = curves.simplex_point([4, 1, 2], [0.5, 0.3, 0.2], 5)
+    c = complexes.simplex_point([4, 1, 2], [0.5, 0.3, 0.2], 5)
     assert c == [0.0, 0.3, 0.2, 0.0, 0.5]
     for bad in (([0, 0], [0.5, 0.5]), ([0, 1], [0.7, 0.7]), ([0, 1], [1.5, -0.5]), ([0, 1], [1.0])):
         with pytest.raises(ValueError):
-            curves.simplex_point(*bad, 3)
+            complexes.simplex_point(*bad, 3)
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_uniform_draws_have_the_dirichlet_mean_and_variance(k):
     g = torch.Generator().manual_seed(k)
-    draws = torch.tensor([curves.uniform_simplex(k, g) for _ in range(20000)], dtype=torch.float64)
+    draws = torch.tensor([complexes.uniform_simplex(k, g) for _ in range(20000)], dtype=torch.float64)
     assert torch.all(draws >= 0) and torch.allclose(draws.sum(1), torch.ones(len(draws), dtype=torch.float64))
     n = len(draws)
     mean, var = draws.mean(0), draws.var(0)
@@ -58,17 +59,17 @@ def test_cayley_menger_gives_known_volumes():
         x = torch.tensor(points, dtype=torch.float64)
         return x @ x.T
 
-    assert curves.simplex_volume_sq(gram([[0, 0], [1, 0], [0, 1]])).item() == pytest.approx(0.25)  # unit right triangle: 1/2
+    assert complexes.simplex_volume_sq(gram([[0, 0], [1, 0], [0, 1]])).item() == pytest.approx(0.25)  # unit right triangle: 1/2
     a = 2.0  # regular tetrahedron of edge a: V = a^3 / (6 sqrt 2)
     tetra = [[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]  # edge 2 sqrt 2
     edge = 2 * math.sqrt(2)
     scaled = [[c * a / edge for c in p] for p in tetra]
-    assert curves.simplex_volume_sq(gram(scaled)).item() == pytest.approx((a ** 3 / (6 * math.sqrt(2))) ** 2)
+    assert complexes.simplex_volume_sq(gram(scaled)).item() == pytest.approx((a ** 3 / (6 * math.sqrt(2))) ** 2)
     # moved away from the origin (the Gram matrix changes, the volume does not), in more dimensions
     shifted = [[c + 5.0 for c in p] + [3.0] for p in scaled]
-    assert curves.simplex_volume_sq(gram(shifted)).item() == pytest.approx((a ** 3 / (6 * math.sqrt(2))) ** 2)
-    assert curves.simplex_volume_sq(gram([[0, 0], [3, 4]])).item() == pytest.approx(25.0)  # a segment: its squared length
-    assert abs(curves.simplex_volume_sq(gram([[0, 0], [1, 1], [2, 2]])).item()) < 1e-12  # collinear: no area
+    assert complexes.simplex_volume_sq(gram(shifted)).item() == pytest.approx((a ** 3 / (6 * math.sqrt(2))) ** 2)
+    assert complexes.simplex_volume_sq(gram([[0, 0], [3, 4]])).item() == pytest.approx(25.0)  # a segment: its squared length
+    assert abs(complexes.simplex_volume_sq(gram([[0, 0], [1, 1], [2, 2]])).item()) < 1e-12  # collinear: no area
 
 
 def test_the_volume_of_bends_is_that_of_their_weight_vectors_and_differentiable():
@@ -76,7 +77,7 @@ def test_the_volume_of_bends_is_that_of_their_weight_vectors_and_differentiable(
     vectors = [net.bend_vector(j).detach().double() for j in (0, 3, 4)]
     d1, d2 = vectors[1] - vectors[0], vectors[2] - vectors[0]
     area_sq = (d1 @ d1) * (d2 @ d2) - (d1 @ d2) ** 2  # 4 x the triangle's squared area
-    v_sq = curves.simplex_volume_sq(net.gram([0, 3, 4]))
+    v_sq = complexes.simplex_volume_sq(net.gram([0, 3, 4]))
     assert v_sq.item() == pytest.approx(area_sq.item() / 4, rel=1e-6)
     v_sq.backward()
     free = [p for p in net.free_parameters()]
@@ -88,13 +89,13 @@ def test_fixed_vertices_are_reproduced_at_their_corners_and_get_no_gradient():
     models = tiny_models(3)
     net = complex_net(models, 2)
     for i, m in enumerate(models):
-        state = net.state_dict_at(curves.simplex_point([i], [1.0], 5))
+        state = net.state_dict_at(complexes.simplex_point([i], [1.0], 5))
         for name, value in m.state_dict().items():
             if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
                 assert torch.equal(state[name], value), name
     x = torch.rand(4, 3, 64, 64)
     net.train()
-    net(x, t=curves.simplex_point([1, 3, 4], [0.2, 0.5, 0.3], 5)).square().mean().backward()
+    net(x, t=complexes.simplex_point([1, 3, 4], [0.2, 0.5, 0.3], 5)).square().mean().backward()
     for name, p in net.named_parameters():
         bend = int(name.rsplit("_", 1)[1])
         if bend < 3:
@@ -115,15 +116,15 @@ def test_a_one_connector_complex_on_the_edges_of_a_and_b_is_the_polychain_throug
     models = tiny_models(3, seed=1)
     net = complex_net(models, 1)  # vertices A, B, C, c
     chain = curves.CurveNet(ae.AutoEncoder(latent_dim=4, width=2), "polychain", 3)
-    chain.import_endpoint(net.state_dict_at(curves.simplex_point([0], [1.0], 4)), 0, buffers=True)
-    chain.import_endpoint(net.state_dict_at(curves.simplex_point([3], [1.0], 4)), 1)
-    chain.import_endpoint(net.state_dict_at(curves.simplex_point([1], [1.0], 4)), 2)
+    chain.import_endpoint(net.state_dict_at(complexes.simplex_point([0], [1.0], 4)), 0, buffers=True)
+    chain.import_endpoint(net.state_dict_at(complexes.simplex_point([3], [1.0], 4)), 1)
+    chain.import_endpoint(net.state_dict_at(complexes.simplex_point([1], [1.0], 4)), 2)
     net.eval(), chain.eval()
     x = torch.rand(3, 3, 64, 64)
     for k in range(33):  # t = k/32 is exact in binary, so are the weights of both parameterisations
         t = k / 32
         s = 2 * t if t < 0.5 else 2 * t - 1
-        point = curves.simplex_point([0, 3], [1 - s, s], 4) if t < 0.5 else curves.simplex_point([3, 1], [1 - s, s], 4)
+        point = complexes.simplex_point([0, 3], [1 - s, s], 4) if t < 0.5 else complexes.simplex_point([3, 1], [1 - s, s], 4)
         a, b = net.state_dict_at(point), chain.state_dict_at(t)
         assert all(torch.equal(a[n], b[n]) for n in b), t
         with torch.no_grad():
@@ -168,8 +169,8 @@ def test_the_complex_keeps_its_endpoints_and_writes_everything_help_names(fitted
     assert ckpt["config"]["simplexes"] == [[0, 3, 4], [1, 3, 4], [2, 3, 4]]
     for i, path in enumerate(three):
         model = load_ae(path)[0]
-        assert torch.equal(net.weights(curves.simplex_point([i], [1.0], 5)), curves.flat_parameters(model))
-    c1, c2 = (net.weights(curves.simplex_point([j], [1.0], 5)) for j in (3, 4))
+        assert torch.equal(net.weights(complexes.simplex_point([i], [1.0], 5)), curves.flat_parameters(model))
+    c1, c2 = (net.weights(complexes.simplex_point([j], [1.0], 5)) for j in (3, 4))
     centroid = sum(curves.flat_parameters(load_ae(p)[0]) for p in three) / 3
     assert not torch.allclose(c1, centroid) and not torch.equal(c1, c2)  # trained, and apart
     history = ckpt["history"]
@@ -205,8 +206,8 @@ def test_a_sequential_fit_resumes_byte_for_byte_across_its_connectors(three, tmp
     simplex.main([*flags, "--out", str(tmp_path / "split.pt"), "--resume"])
     assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "split.pt").read_bytes()
     net, _ = complexes.load(tmp_path / "whole.pt")
-    centroid4 = sum(net.weights(curves.simplex_point([j], [1.0], 5)) for j in range(4)) / 4
-    assert not torch.allclose(net.weights(curves.simplex_point([4], [1.0], 5)), centroid4)  # c2 trained after its start
+    centroid4 = sum(net.weights(complexes.simplex_point([j], [1.0], 5)) for j in range(4)) / 4
+    assert not torch.allclose(net.weights(complexes.simplex_point([4], [1.0], 5)), centroid4)  # c2 trained after its start
 
 
 def test_the_volume_term_pushes_the_connectors_apart(three, tmp_path):

@@ -1,5 +1,6 @@
 """Tests of endpoint training (train_ae.py) and the perceptual loss (ae.py)."""
 import json
+import math
 import urllib.error
 
 import pytest
@@ -10,7 +11,7 @@ import ae
 import data
 import run_study
 import train_ae
-from lib import snapshots, training, vgg
+from lib import snapshots, training
 from conftest import killed_after_epoch, tiny_args
 from lib.files import UserError, load_ae
 
@@ -242,37 +243,54 @@ def test_divergence_advice_names_the_base_rate_not_the_scheduled_one():
 
 # ---------------------------------------------------------------- precision
 
-def test_auto_precision_is_bf16_inside_vgg_only_where_the_hardware_has_it(monkeypatch):
+def fake_cpu(monkeypatch, *, avx512_bf16=True, amx=True, vgg=3.0, autoencoder=2.0):
+    """This CPU as reporting AVX-512 BF16 and AMX as given, on which bf16 measures `vgg` times as fast as fp32 for VGG's
+    convolution and `autoencoder` times for the autoencoder's training pass."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(training, "bf16_speedup", lambda kind: {"vgg": vgg, "autoencoder": autoencoder}[kind])
+
+
+def test_auto_precision_is_bf16_where_the_hardware_measures_faster_in_it(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(vgg, "bf16_fast", lambda device: True)
-    assert training.resolve_precision("auto", cpu, "perceptual") == "bf16-vgg"
-    assert training.resolve_precision("auto", cpu, "mse") == "fp32"  # no VGG to speed up
-    monkeypatch.setattr(vgg, "bf16_fast", lambda device: False)
-    assert training.resolve_precision("auto", cpu, "perceptual") == "fp32"
+    fake_cpu(monkeypatch)
+    assert [training.resolve_precision("auto", cpu, loss) for loss in ("mse", "perceptual")] == ["bf16", "bf16-vgg"]
+    fake_cpu(monkeypatch, vgg=0.6, autoencoder=0.8)  # e.g. the AVX-512 BF16 Xeon without AMX (docs/performance.md)
+    assert [training.resolve_precision("auto", cpu, loss) for loss in ("mse", "perceptual")] == ["fp32", "fp32"]
+    fake_cpu(monkeypatch, vgg=0.6, autoencoder=2.0)  # each rule reads its own measurement
+    assert [training.resolve_precision("auto", cpu, loss) for loss in ("mse", "perceptual")] == ["bf16", "fp32"]
+    fake_cpu(monkeypatch, vgg=3.0, autoencoder=0.8)
+    assert [training.resolve_precision("auto", cpu, loss) for loss in ("mse", "perceptual")] == ["fp32", "bf16-vgg"]
     assert [training.resolve_precision(p, cpu, "mse") for p in ("fp32", "bf16-vgg", "bf16")] == ["fp32", "bf16-vgg", "bf16"]
 
 
-# docs/performance.md: fast in bf16 is a CPU with AVX-512 BF16 or AMX on which the convolution measures at least 1.2x faster
+# docs/performance.md: fast in bf16 is a CPU with AVX-512 BF16 or AMX on which the pass measures at least 1.2x faster in it
 @pytest.mark.parametrize("avx512_bf16, amx", [(True, False), (False, True), (True, True)], ids=["avx512-bf16", "amx-only", "both"])
-def test_a_cpu_counts_as_fast_in_bf16_only_when_measured_faster(monkeypatch, avx512_bf16, amx):
-    cpu = torch.device("cpu")
-    state = torch.get_rng_state()
-    speedup = vgg.cpu_bf16_speedup()
-    assert speedup > 0 and torch.equal(torch.get_rng_state(), state)  # measuring draws nothing from the seeded stream
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    # e.g. 1.6 on an AMD EPYC, 0.5 on this project's Intel Xeon (docs/performance.md); 1.19 to 1.21 pin the threshold
-    for measured, fast in ((0.5, False), (1.19, False), (1.2, True), (1.21, True), (1.6, True)):
-        monkeypatch.setattr(vgg, "cpu_bf16_speedup", lambda: measured)
-        assert vgg.bf16_fast(cpu) is fast, measured
+@pytest.mark.parametrize("kind", ["vgg", "autoencoder"])
+def test_a_cpu_counts_as_fast_in_bf16_only_when_measured_faster(monkeypatch, avx512_bf16, amx, kind):
+    other = "autoencoder" if kind == "vgg" else "vgg"
+    for measured, fast in ((0.5, False), (1.19, False), (1.2, True), (1.21, True), (1.6, True)):  # 1.19-1.21 pin the bar
+        fake_cpu(monkeypatch, avx512_bf16=avx512_bf16, amx=amx, **{kind: measured, other: 9.0 if fast else 0.1})
+        assert training.bf16_fast(torch.device("cpu"), kind) is fast, measured
 
 
 def test_a_cpu_without_native_bf16_is_never_fast_in_it(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     for measured in (0.5, 1.21, 9.0):  # emulated, whatever a timing says
-        monkeypatch.setattr(vgg, "cpu_bf16_speedup", lambda: measured)
-        assert vgg.bf16_fast(torch.device("cpu")) is False, measured
+        fake_cpu(monkeypatch, avx512_bf16=False, amx=False, vgg=measured, autoencoder=measured)
+        assert not training.bf16_fast(torch.device("cpu"), "vgg") and not training.bf16_fast(torch.device("cpu"), "autoencoder")
+        assert [training.resolve_precision("auto", torch.device("cpu"), loss) for loss in ("mse", "perceptual")] == ["fp32", "fp32"]
+
+
+def test_the_bf16_timing_measures_the_pass_it_names_and_draws_nothing(monkeypatch, real_bf16_speedup):
+    real_bf16_speedup.cache_clear()
+    built, real_init = [], ae.AutoEncoder.__init__
+    monkeypatch.setattr(ae.AutoEncoder, "__init__", lambda self, *a, **k: built.append((a, k)) or real_init(self, *a, **k))
+    state = torch.get_rng_state()
+    speedups = [real_bf16_speedup("vgg"), real_bf16_speedup("autoencoder")]
+    assert all(0 < v < math.inf for v in speedups) and torch.equal(torch.get_rng_state(), state)
+    assert built == [((), {})]  # the default autoencoder, for its measurement alone
+    real_bf16_speedup("autoencoder")
+    assert built == [((), {})]  # measured once per process
 
 
 def test_each_precision_casts_only_what_it_names(vgg_file):
@@ -308,6 +326,38 @@ def test_bf16_training_is_deterministic_and_recorded(tmp_path, vgg_file):
     a, b, c = (runs[k][0].state_dict() for k in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_auto_trains_the_mse_autoencoder_in_bf16_where_it_measures_fast_and_fits_curves_so_too(monkeypatch, tmp_path):
+    import fit_curve
+
+    fake_cpu(monkeypatch, autoencoder=2.0)
+    flags = tiny_args(tmp_path, **{"--synthetic-size": 32, "--n-test": 16})
+    for name, precision in (("auto", []), ("bf16", ["--precision", "bf16"]), ("fp32", ["--precision", "fp32"])):
+        train_ae.main(["--loss", "mse", *precision, "--out", str(tmp_path / f"{name}.pt"), *flags])
+    (auto, cfg), (bf16, _), (fp32, _) = (load_ae(tmp_path / f"{n}.pt") for n in ("auto", "bf16", "fp32"))
+    assert cfg["config"]["precision"] == "bf16"  # recorded as what ran
+    assert all(torch.equal(v, bf16.state_dict()[k]) for k, v in auto.state_dict().items())  # and it is what ran
+    assert not all(torch.equal(v, fp32.state_dict()[k]) for k, v in auto.state_dict().items() if v.is_floating_point())
+    fit_curve.main(["--a", str(tmp_path / "auto.pt"), "--b", str(tmp_path / "fp32.pt"), "--epochs", "1", "--batch-size", "16",
+                    "--bn-images", "16", "--out", str(tmp_path / "curve.pt")])
+    assert torch.load(tmp_path / "curve.pt", weights_only=True)["config"]["precision"] == "bf16"
+    fake_cpu(monkeypatch, autoencoder=1.1)
+    train_ae.main(["--loss", "mse", "--out", str(tmp_path / "slow.pt"), *flags])
+    assert load_ae(tmp_path / "slow.pt")[1]["config"]["precision"] == "fp32"
+
+
+def test_a_resumed_run_keeps_the_precision_auto_chose_at_its_start(monkeypatch, tmp_path):
+    flags = tiny_args(tmp_path, **{"--synthetic-size": 32, "--n-test": 16, "--epochs": 2})
+    train_ae.main(["--loss", "mse", "--precision", "bf16", "--out", str(tmp_path / "whole.pt"), *flags])
+    fake_cpu(monkeypatch, autoencoder=2.0)  # auto: bf16 at the start ...
+    with killed_after_epoch(monkeypatch, 0):
+        train_ae.main(["--loss", "mse", "--out", str(tmp_path / "run.pt"), *flags])
+    fake_cpu(monkeypatch, autoencoder=1.1)  # ... and fp32 by the time it resumes (a timing near the bar)
+    train_ae.main(["--loss", "mse", "--out", str(tmp_path / "run.pt"), "--resume", *flags])
+    (run, ckpt), (whole, _) = load_ae(tmp_path / "run.pt"), load_ae(tmp_path / "whole.pt")
+    assert ckpt["config"]["precision"] == "bf16"
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in run.state_dict().items())
 
 
 # ---------------------------------------------------------------- snapshots along training
