@@ -1015,10 +1015,13 @@ def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them
     measured = {  # what each figure's function returns, without timing anything: figures 1 and 5 miss their targets
         "bench_curve_overhead": {"ratio": 1.2, "met": False},
         "bench_efficiency": {"best_fraction": 0.8, "met": True, "best_kernel": "gemm 2048x2048x2048", "best_kernel_gflops": 150.0,
-                             "channels_last_speedup": 1.0, "kernels_gflops": {"gemm 2048x2048x2048": 150.0},
+                             "best_bf16_fraction": 0.4, "best_bf16_kernel": "gemm 2048x2048x2048", "best_bf16_kernel_gflops": 600.0,
+                             "channels_last_speedup": 1.0, "kernels_gflops": {"fp32 gemm 2048x2048x2048": 150.0}, "fastest": "bf16 channels_last",
+                             "variants": {"fp32 channels_last": {"step_s": 0.5, "gflops": 120.0, "fraction_of_kernel": 0.8, "precision": "fp32"},
+                                          "fp32 channels_last, compiled": {"error": "InductorError: no C++ compiler"}},
                              "channels_last": {"gflops": 120.0, "step_s": 0.5}, "contiguous": {"gflops": 110.0}},
         "eval_setup": None,
-        "bench_eval": {"speedup": 12.0, "max_rel_error": {"train": 0.005, "test": 0.008}, "points": [], "default": {"bn": 1000},
+        "bench_eval": {"speedup": 24.0, "max_rel_error": {"train": 0.005, "test": 0.008}, "points": [], "default": {"bn": 1000},
                        "bn_images_error_segment_middle": {"1000": 0.0006}, "default_s_per_point": 2.0},
         "bench_data": {"cache_over_training": 100.0, "cache_over_jpeg": 20.0, "cache_images_per_s": 1e4, "met": True},
         "bench_perceptual": {"precision": "fp32", "perceptual_over_mse": 9.0, "uncached_over_mse": 10.0, "perceptual_fp32_over_mse": 9.0,
@@ -1035,6 +1038,33 @@ def test_bench_strict_exits_nonzero_naming_the_missed_figures_after_writing_them
     with pytest.raises(UserError, match=r"--strict: 2 figure\(s\) missed their target: 1\. curve step / plain step; 5\. perceptual step"):
         bench.main(["--out", str(out), "--strict"])
     assert json.loads(out.read_text())["curve_overhead"]["ratio"] == 1.2  # written before exiting
+
+
+def test_bench_holds_each_training_step_against_the_kernel_of_its_own_precision_and_reports_a_failed_compile(monkeypatch):
+    import argparse
+
+    import bench
+
+    fake = {torch.float32: {"gemm 2048x2048x2048": 100e9, "conv": 200e9}, torch.bfloat16: {"gemm 2048x2048x2048": 800e9, "conv": 400e9}}
+    monkeypatch.setattr(bench, "dense_kernels", lambda device, dtype=torch.float32, repeats=5: fake[dtype])
+
+    def no_compiler(model):
+        def fails(*args, **kwargs):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    e = bench.bench_efficiency(argparse.Namespace(width=2, batch_size=2, repeats=1, no_compile=False), torch.device("cpu"))
+    assert e["best_kernel_gflops"] == 200 and e["best_bf16_kernel_gflops"] == 800
+    for name, v in e["variants"].items():
+        if v["compiled"]:
+            assert "no working C++ compiler" in v["error"] and "step_s" not in v, name  # reported, and not timed
+        else:
+            ceiling = {"fp32": 200e9, "bf16": 800e9}[v["precision"]]
+            assert v["fraction_of_kernel"] == pytest.approx(v["gflop_per_step"] * 1e9 / v["step_s"] / ceiling), name
+    assert {v["precision"] for v in e["variants"].values() if not v["compiled"]} == {"fp32", "bf16"}
+    assert e["best_fraction"] == max(e["variants"][n]["fraction_of_kernel"] for n in ("fp32 contiguous", "fp32 channels_last"))
+    assert e["met"] == (e["best_fraction"] >= 0.70)
 
 
 def test_bench_data_figure_decodes_real_jpeg_files():

@@ -260,6 +260,20 @@ def test_quick_preset_spends_its_budget_per_group():
     assert {flag(s, "--batch-size") for s in overridden if s["kind"] in ("train", "fit")} == {"8"}
 
 
+def test_the_quick_preset_gives_the_anchors_500_training_images_never_more_than_training_had():
+    """eval_curve.py --n-train caps the population its anchors (and its train loss) see; the endpoints train on all."""
+    def population(argv):
+        steps = run_study.plan(run_study.resolve_settings(run_study.parse_args(argv)), Path("study"), "random")
+        kinds = {s["kind"]: s for s in steps}
+        cap = lambda step: step["argv"][step["argv"].index("--n-train") + 1] if "--n-train" in step["argv"] else None  # noqa: E731
+        return {kind: {cap(s) for s in steps if s["kind"] == kind} for kind in kinds if kind in ("train", "fit", "eval")}
+    assert population([]) == {"train": {None}, "fit": {None}, "eval": {"500"}}
+    assert population(["--n-train", "300"]) == {"train": {"300"}, "fit": {None}, "eval": {"300"}}  # within what training saw
+    assert population(["--anchor-images", "1200"])["eval"] == {"1200"}
+    full = run_study.resolve_settings(run_study.parse_args(["--preset", "full", "--data-root", "celeba"]))
+    assert "--n-train" not in next(s for s in run_study.plan(full, Path("study"), "random") if s["kind"] == "eval")["argv"]
+
+
 def test_plane_step_for_the_first_pair_of_each_group_unless_no_plane():
     """The plane (Figure 1) of each group's first curve, its grid per group, drawn by the plot step; --no-plane drops it."""
     settings = run_study.resolve_settings(run_study.parse_args(["--seeds", "0", "1", "2", "--curve", "both"]))
