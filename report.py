@@ -715,7 +715,7 @@ def selection_text(e: dict, report_dir: Path) -> list[str]:
         if "greedy" in rows:
             said.append(f"greedy: {against_uniform(rows['greedy'], uniform)}")
         said.append(f"the {rows['independent']['members']} independent endpoints: {against_uniform(rows['independent'], uniform)}")
-        text += [f"Test loss against evenly spaced t at the same K (paired over test images): " + "; ".join(said) + ".", ""]
+        text += ["Test loss against evenly spaced t at the same K (paired over test images): " + "; ".join(said) + ".", ""]
     png = path.with_name(e["files"].get("selection_png", "selection.png"))
     text += [link(png, report_dir, f"{e['loss']}: test loss against diversity of the chosen ensembles"), ""] if png.exists() else []
     return text

@@ -136,7 +136,7 @@ def test_a_one_connector_complex_on_the_edges_of_a_and_b_is_the_polychain_throug
 import data  # noqa: E402
 import simplex  # noqa: E402
 from conftest import killed_after_epoch, tiny_args  # noqa: E402
-from lib import complexes, training  # noqa: E402
+from lib import training  # noqa: E402
 from lib.files import UserError, load_ae  # noqa: E402
 import train_ae  # noqa: E402
 
