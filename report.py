@@ -165,7 +165,11 @@ def by_group(evals: list[dict]) -> dict[str, list[dict]]:
 
 
 def stem(result: dict) -> str:
-    return Path(result["_path"]).name.removesuffix(".eval.json")
+    """The curve's file stem of an evaluation: <stem>.eval.json, or <stem>.eval-<method>.json (a width sweep's second matcher)."""
+    name = Path(result["_path"]).name
+    for suffix in (".eval.json", *(f".eval-{method}.json" for method in cli.ALIGN_METHODS)):
+        name = name.removesuffix(suffix)
+    return name
 
 
 # ---------------------------------------------------------------- the verdict
@@ -1031,6 +1035,101 @@ def write_report(study_dir: Path, out: Path) -> Path:
                 probes_section(s["evals"], report_dir, study_dir.resolve()),
                 "## Answer in detail\n\n" + answer_details(s["evals"], study) + "\n"]
     text = "\n".join(lines) + "\n" + "\n".join(sections)
+    return atomic_write(out, lambda f: f.write(text), binary=False)
+
+
+# ---------------------------------------------------------------- the width sweep (run_study.py --widths)
+
+def width_rows(folders: list[Path]) -> dict[str, list[dict]]:
+    """Per loss group, one row per width (the sub-studies of a sweep, in the order given): the endpoints' test loss
+    (mean over seeds ± SE), and the relative test barriers, means over pairs ± SE, of the segment, the curve and the
+    aligned segment by each matcher found (the evaluations' own, and run_study's eval-align-<method> steps)."""
+    rows = defaultdict(list)
+    for folder in folders:
+        s = load_study(folder)
+        width = s["study"]["settings"]["width"]
+        others = {method: by_group([e for e in (read_result(p, (EVAL_FORMAT,)) for p in
+                                                planned(s["study"], folder, f"eval-align-{method}", f"curves/*.eval-{method}.json")
+                                                if p.is_file()) if eval_fits(e, s["study"], folder)])
+                  for method in cli.ALIGN_METHODS}
+        for group, members in by_group(s["evals"]).items():
+            v = verdict(members)
+            losses = np.array([m["test_loss"] for m in s["endpoints"] if ae.group_of(m["config"]) == group])
+            barriers = {"segment": (v["mean_segment_barrier"], v["mean_segment_barrier_se"]),
+                        "curve": (v["mean_curve_barrier"], mean_se([p["curve_barrier_se"] for p in v["pairs"]]))}
+            aligned = defaultdict(list)  # by matcher: the evaluations with an aligned segment
+            for e in [*members, *(e for by in others.values() for e in by.get(group, []))]:
+                if e["paths"].get("aligned_segment"):
+                    aligned["weights" if alignment_method(e).startswith("weight") else "activations"].append(e)
+            converged = {}
+            for key, evals in aligned.items():
+                pairs = [pair_numbers(e) for e in evals]
+                barriers[key] = (sum(p["aligned_barrier"] for p in pairs) / len(pairs), mean_se([p["aligned_barrier_se"] for p in pairs]))
+                converged[key] = (sum(bool((e.get("alignment") or {}).get("converged")) for e in evals), len(evals))
+            rows[group].append({"width": width, "folder": folder, "n_pairs": v["n_pairs"], "n_low_loss": v["n_low_loss"],
+                                "matching_converged": converged,
+                                "worst_excess": v["worst_excess"], "endpoint_loss": float(losses.mean()),
+                                "endpoint_loss_se": float(losses.std(ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else None,
+                                "barriers": barriers})
+    return dict(rows)
+
+
+def width_sentence(group: str, rows: list[dict]) -> str:
+    """The sweep's answer for one group: does each matcher's aligned barrier shrink with width (the widest against
+    the narrowest, beyond SIGNIFICANCE combined SEs), and does the curve stay low at every width."""
+    rows = sorted(rows, key=lambda r: r["width"])
+    first, last = rows[0], rows[-1]
+    said = []
+    for key in ("activations", "weights"):
+        if key in first["barriers"] and key in last["barriers"]:
+            (a, a_se), (b, b_se) = first["barriers"][key], last["barriers"][key]
+            se = math.hypot(a_se or 0, b_se or 0)
+            trend = "shrinks" if b < a - SIGNIFICANCE * se else "grows" if b > a + SIGNIFICANCE * se else "does not change beyond 2 SE"
+            said.append(f"with {key[:-1] if key.endswith('s') else key} matching the aligned barrier {trend} with width "
+                        f"({with_se(a, a_se, True)} at width {first['width']}, {with_se(b, b_se, True)} at width {last['width']})")
+    low = all(r["n_low_loss"] == r["n_pairs"] for r in rows)
+    curve = (f"the curve stays low at every width (worst excess over the worse end {pct(max(r['worst_excess'] for r in rows))})" if low
+             else "the curve is not low-loss at width " + ", ".join(str(r["width"]) for r in rows if r["n_low_loss"] < r["n_pairs"]))
+    return f"**{group}:** " + "; ".join([*said, curve]) + "."
+
+
+def removed(barriers: dict, key: str) -> str:
+    """The share of the segment's barrier that alignment by `key` removes, or – where it was not evaluated."""
+    if key not in barriers or barriers["segment"][0] <= 0:
+        return "–"
+    return pct(1 - barriers[key][0] / barriers["segment"][0])
+
+
+def write_width_report(sweep_dir: Path, folders: list[Path], out: Path) -> Path:
+    """The width sweep's Markdown report (run_study.py --widths), from the studies in `folders`, one per width: per loss
+    group a table of the barriers against width, the sentence that answers, and the figure (drawn here, into
+    <sweep>/figures/widths_<group>.png); then each width's own report."""
+    from lib.figures import draw_widths
+    from lib.files import save_figure
+
+    sweep_dir, out = Path(sweep_dir), Path(out)
+    rows = width_rows(folders)
+    report_dir = out.parent.resolve()
+    lines = [f"# How the barriers scale with width: {sweep_dir.name}", "",
+             f"Generated by report.py from the studies in `{sweep_dir}`, one per width (no model was run). Relative test "
+             f"barriers (the largest excess over the line between the ends, over their mean), means over each group's pairs ± "
+             f"their standard error; aligned segments: B's units permuted to match A's by the correlation of their activations "
+             f"or by their weights (lib/align.py); removed: the share of the segment's barrier the alignment removes.", ""]
+    lines += [width_sentence(group, members) for group, members in rows.items()] + [""]
+    for group, members in rows.items():
+        header = ["width", "pairs", "endpoints' test loss", "segment barrier", "aligned (activations)", "removed",
+                  "aligned (weights)", "removed", "weight matching converged", "curve barrier", "curves low-loss"]
+        cells = [[r["width"], r["n_pairs"], with_se(r["endpoint_loss"], r["endpoint_loss_se"]),
+                  with_se(*r["barriers"]["segment"], True),
+                  *[item for key in ("activations", "weights") for item in
+                    ((with_se(*r["barriers"][key], True) if key in r["barriers"] else "–"), removed(r["barriers"], key))],
+                  "{} of {}".format(*r["matching_converged"]["weights"]) if "weights" in r["matching_converged"] else "–",
+                  with_se(*r["barriers"]["curve"], True), f"{r['n_low_loss']} of {r['n_pairs']}"] for r in sorted(members, key=lambda r: r["width"])]
+        figure = save_figure(draw_widths(group, sorted(members, key=lambda r: r["width"])), sweep_dir / "figures" / f"widths_{group}.png", dpi=120)
+        lines += [f"## {group} group", "", table(header, cells), "", link(figure, report_dir, f"{group}: barriers against width"), ""]
+    lines += ["## Each width's study", ""] + [f"- width {r['width']}: [{r['folder'].name}/report.md]({quote(os.path.relpath(Path(r['folder']).resolve() / 'report.md', report_dir))})"
+                                               for r in sorted(next(iter(rows.values())), key=lambda r: r["width"])] + [""]
+    text = "\n".join(lines)
     return atomic_write(out, lambda f: f.write(text), binary=False)
 
 

@@ -59,7 +59,7 @@ PRESETS = {
         # the mode-connecting complex of each group's endpoints (simplex.py), sized to cost at most 15% of the study
         # (docs/study.md): one connector, half the curves' epochs
         "simplex": True, "simplex_connectors": 1, "simplex_epochs": {"mse": 5, "perceptual": 1}, "simplex_points": {"mse": 6, "perceptual": 4},
-        "simplex_num_points": 5, "simplex_grid": 0,
+        "simplex_num_points": 5, "simplex_grid": 0, "widths": None,
     },
     "full": {  # CelebA at 64x64, meant for one GPU
         "dataset": "celeba", "data_root": None, "synthetic_size": 10000, "n_train": None, "n_test": None,
@@ -74,7 +74,7 @@ PRESETS = {
         "seeds": [0, 1, 2], "losses": ["mse", "perceptual"], "aligned": True, "align": "activations",
         "plane_grid": 21,
         "simplex": True, "simplex_connectors": 2, "simplex_epochs": 30, "simplex_points": 24, "simplex_num_points": 11,
-        "simplex_grid": 8,
+        "simplex_grid": 8, "widths": None,
     },
 }
 
@@ -159,6 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aligned", action=argparse.BooleanOptionalAction, default=None, help=preset_help(
         "aligned", "also evaluate the aligned segment (B's units permuted to match A's, eval_curve.py --aligned); "
                    "--aligned or --no-aligned sets it for every group"))
+    p.add_argument("--widths", type=cli.positive_int, nargs="+", default=None, metavar="W",
+                   help="a width sweep instead of one study: the groups' endpoints, curves and evaluations (the aligned segment "
+                        "by both matchers) at each width W, each in <out>/width<W>, then the sweep's report (default: no sweep)")
     p.add_argument("--align", choices=cli.ALIGN_METHODS, default=None, help=preset_help(
         "align", "how the aligned segments and aligned curves match B's units to A's (eval_curve.py --align)"))
     cli.add_device_arg(p)
@@ -195,6 +198,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings["plane"] = not args.no_plane
     settings["function_space"] = not args.no_function_space
     settings["simplex"] = settings["simplex"] and not args.no_simplex
+    if settings["widths"] and (len(set(settings["widths"])) != len(settings["widths"]) or args.width is not None):
+        raise UserError(f"--widths {' '.join(map(str, settings['widths']))}: give each width once, and no --width beside it")
     if len(settings["seeds"]) < 2:
         raise UserError("a study needs at least 2 seeds per group to form a pair; pass --seeds 0 1 2")
     if len(set(settings["seeds"])) != len(settings["seeds"]):
@@ -322,6 +327,7 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
             evals.append({"name": f"eval {loss} {curve} seeds {i}-{j}", "kind": "eval", "script": "eval_curve", "argv": argv,
                           "output": result, "inputs": [ckpt]})
     steps += evals
+    steps += other_matcher_steps(s, evals)
     steps += variant_steps(s, out, steps, evals, vgg)
     steps += simplex_steps(s, out, precision, vgg)
     planes = plane_steps(s, out, vgg)
@@ -348,6 +354,21 @@ def plan(s: dict, out: Path, vgg: str, on: torch.device | None = None) -> list[d
 # setting -> (fit_curve flags, file suffix, what it is)
 VARIANTS = {"arclength": (["--objective", "arclength"], "arclength", "arc-length objective"),
             "aligned_curves": (["--aligned"], "aligned", "curve to B aligned to A")}
+
+
+def other_matcher_steps(s: dict, evals: list[dict]) -> list[dict]:
+    """With `align_both` (a width sweep), each evaluation with an aligned segment again with the other --align
+    method: kind 'eval-align-<method>', written beside it as <curve>.eval-<method>.json."""
+    extra = []
+    for step in evals if s.get("align_both") else []:
+        if "--align" in step["argv"]:
+            i = step["argv"].index("--align")
+            for method in (m for m in cli.ALIGN_METHODS if m != step["argv"][i + 1]):
+                result = Path(step["inputs"][0]).with_name(Path(step["inputs"][0]).stem + f".eval-{method}.json")
+                argv = [*step["argv"][:i + 1], method, *step["argv"][i + 2:-2], "--out", result]  # argv ends --out RESULT
+                extra.append({**step, "name": f"{step['name']} ({method} matching)", "kind": f"eval-align-{method}",
+                              "argv": argv, "output": result})
+    return extra
 
 
 def variant_steps(s: dict, out: Path, steps: list[dict], evals: list[dict], vgg: str) -> list[dict]:
@@ -550,7 +571,23 @@ def main(argv: list[str] | None = None) -> Path:
     device = cli.pick_device(args.device)
     with folder_lock(args.out):  # before any data is loaded: a second run on the same folder stops here
         with executors.open_pool(args.executor, args.threads_per_step, device.type == "cuda", args.ray_address, args.ray_cpus) as pool:
-            return run(args, settings, device, pool)
+            return run_widths(args, settings, device, pool) if settings["widths"] else run(args, settings, device, pool)
+
+
+# What a width sweep runs at each width: endpoints, curves, and their evaluations with the aligned segment by each matcher
+WIDTH_SWEEP = {"plane": False, "function_space": False, "ensembles": False, "simplex": False, "arclength": False,
+               "aligned_curves": False, "probe": False, "aligned": True, "align_both": True, "widths": None}
+
+
+def run_widths(args: argparse.Namespace, settings: dict, device: torch.device, pool) -> Path:
+    """--widths: at each width a study of its own in <out>/width<W> (WIDTH_SWEEP's steps, cached like any study's, so
+    that adding a width runs only its steps), then the sweep's report of all of them (report.write_width_report)."""
+    out = Path(args.out)
+    folders = [run(argparse.Namespace(**{**vars(args), "out": str(out / f"width{width}"), "report": None}),
+                   {**settings, **WIDTH_SWEEP, "width": width}, device, pool).parent for width in settings["widths"]]
+    path = report.write_width_report(out, folders, Path(args.report) if args.report else out / "report.md")
+    print(f"\nwidth sweep complete: read {path}")
+    return path
 
 
 def run(args: argparse.Namespace, settings: dict, device: torch.device, pool) -> Path:

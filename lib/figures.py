@@ -1,5 +1,6 @@
 """The figures of plot.py beyond Figure 2: the paper's Figure 1 (the loss in a plane, from plane.py) and the linear
-probes along the paths (eval_curve.py --probe). Imported only when plot.py is given such results."""
+probes along the paths (eval_curve.py --probe); and the width sweep's barriers against width (report.py). Imported
+only where such results are drawn."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -101,3 +102,30 @@ def plane_label(result: dict) -> str:
     if seeds and None not in seeds:
         return f"seeds {'–'.join(str(s) for s in seeds)}" + (f" ({result['curve']} curve)" if result.get("curve") else "")
     return " – ".join(Path(p).stem for p in result["endpoints"])
+
+
+WIDTH_LINES = {"segment": ("segment", "C1", "--", "s"), "activations": ("aligned segment, activation matching", "C2", ":", "o"),
+               "weights": ("aligned segment, weight matching", "C4", ":", "^"), "curve": ("curve", "C0", "-", "D")}
+
+
+def draw_widths(group: str, rows: list[dict]):
+    """A width sweep's relative test barriers (mean over pairs ± SE) against width, on a log axis: the segment, the
+    aligned segment by each matcher, and the curve; `rows` as report.width_rows gives them for one loss group."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    widths = [r["width"] for r in rows]
+    for key, (label, colour, style, marker) in WIDTH_LINES.items():
+        points = [(r["width"], *r["barriers"][key]) for r in rows if r["barriers"].get(key)]
+        if points:
+            x, y, se = zip(*points)
+            ax.errorbar(x, [100 * v for v in y], yerr=[200 * (e or 0) for e in se], color=colour, ls=style, marker=marker,
+                        capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.set_xlabel("width (channels of the first layer)")
+    ax.set_ylabel("relative test barrier (%)")
+    ax.set_title(f"{group} autoencoders: barrier against width (mean over pairs, ± 2 SE)", fontsize=10)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

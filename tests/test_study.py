@@ -238,6 +238,50 @@ def test_full_preset_runs_end_to_end_on_a_tiny_celeba(tmp_path):
         assert "sse" in ensembles["methods"] and "sse" in {row["method"] for row in ensembles["table"]}
 
 
+def width_table(text: str, group: str) -> list[list[str]]:
+    """The rows of the width report's table for `group`, as cells."""
+    section = text.split(f"## {group} group", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if re.match(r"\| \d", line)]
+
+
+def test_a_width_sweep_reports_one_row_per_width_from_its_evaluations_and_a_new_width_runs_only_its_steps(tmp_path, capsys):
+    import report as report_module
+    from lib.files import read_result
+
+    micro = MICRO[:MICRO.index("--width")] + MICRO[MICRO.index("--width") + 2:]  # --widths names them
+    args = [*micro, "--losses", "mse", "--out", str(tmp_path / "sweep"), "--cache-dir", str(tmp_path / "cache")]  # 2 seeds: 1 pair
+    path = run_study.main([*args, "--widths", "2", "4"])
+    ran = ran_steps(capsys)
+    assert path == tmp_path / "sweep" / "report.md"
+    assert {name.split()[0] for name in ran} == {"train", "fit", "eval", "plot"}  # no plane, ensembles, simplex, function space
+    assert sum("(weights matching)" in name for name in ran) == 2  # the pair at each width, by the second matcher too
+    rows = width_table(path.read_text(), "mse")
+    assert [r[0] for r in rows] == ["2", "4"]
+    for row in rows:
+        folder = tmp_path / "sweep" / f"width{row[0]}"
+        evals = [read_result(p, ("aemc-eval-v1",)) for p in sorted((folder / "curves").glob("*-bezier.eval.json"))]
+        weights = [read_result(p, ("aemc-eval-v1",)) for p in sorted((folder / "curves").glob("*-bezier.eval-weights.json"))]
+        assert len(evals) == len(weights) == 1 and {e["model"]["width"] for e in evals + weights} == {int(row[0])}
+        mean = lambda es, path: sum(e["paths"][path]["summary"]["test_loss"]["barrier_rel"] for e in es) / len(es)  # noqa: E731
+        assert row[3].startswith(report_module.pct(mean(evals, "segment")))
+        assert row[4].startswith(report_module.pct(mean(evals, "aligned_segment")))  # activation matching, the default
+        assert row[6].startswith(report_module.pct(mean(weights, "aligned_segment")))
+        assert {e["alignment"]["method"] for e in weights} == {"weight matching"}
+        assert row[8] == f"{sum(e['alignment']['converged'] for e in weights)} of 1"
+    assert (tmp_path / "sweep" / "figures" / "widths_mse.png").stat().st_size > 1000
+    assert "aligned barrier" in path.read_text() and "width 2" in path.read_text()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").rglob("*.pt")}
+    run_study.main([*args, "--widths", "2", "4", "8"])
+    ran = ran_steps(capsys)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # widths 2 and 4: nothing retrained or refitted
+    assert {p.relative_to(tmp_path / "sweep").parts[0] for p in (tmp_path / "sweep").rglob("*.pt")} == {"width2", "width4", "width8"}
+    assert len(ran) == 2 + 1 + 1 + 1 + 1  # width 8's endpoints, curve, evaluations by both matchers, figures: nothing else
+    assert [r[0] for r in width_table((tmp_path / "sweep" / "report.md").read_text(), "mse")] == ["2", "4", "8"]
+    for bad in (["--widths", "2", "2"], ["--widths", "2", "4", "--width", "8"]):
+        with pytest.raises(UserError, match="give each width once, and no --width beside it"):
+            run_study.main([*args, *bad])
+
+
 def test_full_preset_without_celeba_root_is_refused():
     with pytest.raises(run_study.UserError, match="--data-root"):
         run_study.main(["--preset", "full"])
