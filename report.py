@@ -53,7 +53,7 @@ VERDICTS = {"yes": "connected; segment barrier", "mixed": "connected; segment ba
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
-    p.add_argument("--study", required=True, help="study folder written by run_study.py")
+    p.add_argument("--study", required=True, help="study folder written by run_study.py, or a width sweep's (run_study.py --widths)")
     p.add_argument("--out", default=None, help="report file (default: <study>/report.md)")
     return p.parse_args(argv)
 
@@ -1067,7 +1067,7 @@ def width_rows(folders: list[Path]) -> dict[str, list[dict]]:
                 barriers[key] = (sum(p["aligned_barrier"] for p in pairs) / len(pairs), mean_se([p["aligned_barrier_se"] for p in pairs]))
                 converged[key] = (sum(bool((e.get("alignment") or {}).get("converged")) for e in evals), len(evals))
             rows[group].append({"width": width, "folder": folder, "n_pairs": v["n_pairs"], "n_low_loss": v["n_low_loss"],
-                                "matching_converged": converged,
+                                "matching_converged": converged, "bn_images": sorted({e["settings"]["bn_images"] for e in members}),
                                 "worst_excess": v["worst_excess"], "endpoint_loss": float(losses.mean()),
                                 "endpoint_loss_se": float(losses.std(ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else None,
                                 "barriers": barriers})
@@ -1116,6 +1116,11 @@ def write_width_report(sweep_dir: Path, folders: list[Path], out: Path) -> Path:
              f"their standard error; aligned segments: B's units permuted to match A's by the correlation of their activations "
              f"or by their weights (lib/align.py); removed: the share of the segment's barrier the alignment removes.", ""]
     lines += [width_sentence(group, members) for group, members in rows.items()] + [""]
+    bn = sorted({n for members in rows.values() for r in members for n in r["bn_images"]})
+    lines += [f"Checked before reading a barrier as real: BatchNorm statistics are recomputed at every point of every path, "
+              f"aligned segments included, from {' or '.join(map(str, bn))} training images (for networks with BatchNorm, REPAIR's "
+              f"correction of interpolated networks, Jordan et al. 2023, reduces to this reset of the statistics); weight matching's convergence "
+              f"(its coordinate descent stopped with no unit moving) is in each table.", ""]
     for group, members in rows.items():
         header = ["width", "pairs", "endpoints' test loss", "segment barrier", "aligned (activations)", "removed",
                   "aligned (weights)", "removed", "weight matching converged", "curve barrier", "curves low-loss"]
@@ -1138,7 +1143,12 @@ def main(argv: list[str] | None = None) -> Path:
     study_dir = Path(args.study)
     if not study_dir.is_dir():
         raise UserError(f"study folder {study_dir} does not exist; run run_study.py first or check --study")
-    out = write_report(study_dir, Path(args.out) if args.out else study_dir / "report.md")
+    widths = sorted((p.parent for p in study_dir.glob("width*/study.json") if p.parent.name[len("width"):].isdigit()),
+                    key=lambda p: int(p.name[len("width"):]))
+    if widths and not (study_dir / "study.json").exists():  # a width sweep's folder (run_study.py --widths)
+        out = write_width_report(study_dir, widths, Path(args.out) if args.out else study_dir / "report.md")
+    else:
+        out = write_report(study_dir, Path(args.out) if args.out else study_dir / "report.md")
     print(f"wrote {out}")
     return out
 

@@ -277,6 +277,8 @@ def test_a_width_sweep_reports_one_row_per_width_from_its_evaluations_and_a_new_
     assert {p.relative_to(tmp_path / "sweep").parts[0] for p in (tmp_path / "sweep").rglob("*.pt")} == {"width2", "width4", "width8"}
     assert len(ran) == 2 + 1 + 1 + 1 + 1  # width 8's endpoints, curve, evaluations by both matchers, figures: nothing else
     assert [r[0] for r in width_table((tmp_path / "sweep" / "report.md").read_text(), "mse")] == ["2", "4", "8"]
+    again = report_module.main(["--study", str(tmp_path / "sweep"), "--out", str(tmp_path / "again.md")])  # report.py on a sweep
+    assert again.read_text() == (tmp_path / "sweep" / "report.md").read_text().replace("](", "](sweep/")  # links from its folder
     for bad in (["--widths", "2", "2"], ["--widths", "2", "4", "--width", "8"]):
         with pytest.raises(UserError, match="give each width once, and no --width beside it"):
             run_study.main([*args, *bad])
