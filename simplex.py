@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     bn_images = train_images[: args.bn_images]
     cli.seed_everything(args.seed)
     objective = training.objective_from_config(configs[0], args.vgg_weights, device)
-    precision = training.resolve_precision(args.precision, device, configs[0]["loss"])
+    precision = training.resolve_precision(args.precision, device, configs[0]["loss"], args.resume and training.resume_path(out))
     endpoints = [{"path": str(p), "sha256": file_sha256(p), "config": c} for p, c in zip(paths_in, configs)]
     run_config = {"connectors": m, "simplexes": complexes.simplexes(n, m), "model": configs[0]["model"], "loss": configs[0]["loss"],
                   **ae.variant_settings(configs[0]), "vgg_weights": configs[0].get("vgg_weights"),
