@@ -20,11 +20,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import torch
 
 import ae
 from lib import cli
 from lib.figures import plane_label
-from lib.training import CONVERGED_DROP, pair_label
+from lib.training import CONVERGED_DROP, mean_and_se, pair_label
 from lib.files import (CURVE_FORMAT, ENSEMBLE_FORMAT, EVAL_FORMAT, FUNCTION_SPACE_FORMAT, PLANE_FORMAT, SIMPLEX_FORMAT, UserError, file_sha256,
                        atomic_write, load_checkpoint, read_result)
 
@@ -1054,7 +1055,7 @@ def width_rows(folders: list[Path]) -> dict[str, list[dict]]:
                   for method in cli.ALIGN_METHODS}
         for group, members in by_group(s["evals"]).items():
             v = verdict(members)
-            losses = np.array([m["test_loss"] for m in s["endpoints"] if ae.group_of(m["config"]) == group])
+            loss, loss_se = mean_and_se(torch.tensor([m["test_loss"] for m in s["endpoints"] if ae.group_of(m["config"]) == group]))
             barriers = {"segment": (v["mean_segment_barrier"], v["mean_segment_barrier_se"]),
                         "curve": (v["mean_curve_barrier"], mean_se([p["curve_barrier_se"] for p in v["pairs"]]))}
             aligned = defaultdict(list)  # by matcher: the evaluations with an aligned segment
@@ -1068,8 +1069,7 @@ def width_rows(folders: list[Path]) -> dict[str, list[dict]]:
                 converged[key] = (sum(bool((e.get("alignment") or {}).get("converged")) for e in evals), len(evals))
             rows[group].append({"width": width, "folder": folder, "n_pairs": v["n_pairs"], "n_low_loss": v["n_low_loss"],
                                 "matching_converged": converged, "bn_images": sorted({e["settings"]["bn_images"] for e in members}),
-                                "worst_excess": v["worst_excess"], "endpoint_loss": float(losses.mean()),
-                                "endpoint_loss_se": float(losses.std(ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else None,
+                                "worst_excess": v["worst_excess"], "endpoint_loss": loss, "endpoint_loss_se": loss_se,
                                 "barriers": barriers})
     return dict(rows)
 
