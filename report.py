@@ -1055,7 +1055,8 @@ def width_rows(folders: list[Path]) -> dict[str, list[dict]]:
                   for method in cli.ALIGN_METHODS}
         for group, members in by_group(s["evals"]).items():
             v = verdict(members)
-            loss, loss_se = mean_and_se(torch.tensor([m["test_loss"] for m in s["endpoints"] if ae.group_of(m["config"]) == group]))
+            ends = [m for m in s["endpoints"] if ae.group_of(m["config"]) == group]
+            loss, loss_se = mean_and_se(torch.tensor([m["test_loss"] for m in ends]))
             barriers = {"segment": (v["mean_segment_barrier"], v["mean_segment_barrier_se"]),
                         "curve": (v["mean_curve_barrier"], mean_se([p["curve_barrier_se"] for p in v["pairs"]]))}
             aligned = defaultdict(list)  # by matcher: the evaluations with an aligned segment
@@ -1070,6 +1071,7 @@ def width_rows(folders: list[Path]) -> dict[str, list[dict]]:
             rows[group].append({"width": width, "folder": folder, "n_pairs": v["n_pairs"], "n_low_loss": v["n_low_loss"],
                                 "matching_converged": converged, "bn_images": sorted({e["settings"]["bn_images"] for e in members}),
                                 "worst_excess": v["worst_excess"], "endpoint_loss": loss, "endpoint_loss_se": loss_se,
+                                "epochs": sorted({m["config"]["epochs"] for m in ends}),
                                 "barriers": barriers})
     return dict(rows)
 
@@ -1090,7 +1092,10 @@ def width_sentence(group: str, rows: list[dict]) -> str:
     low = all(r["n_low_loss"] == r["n_pairs"] for r in rows)
     curve = (f"the curve stays low at every width (worst excess over the worse end {pct(max(r['worst_excess'] for r in rows))})" if low
              else "the curve is not low-loss at width " + ", ".join(str(r["width"]) for r in rows if r["n_low_loss"] < r["n_pairs"]))
-    return f"**{group}:** " + "; ".join([*said, curve]) + "."
+    lo, hi = min(rows, key=lambda r: r["endpoint_loss"]), max(rows, key=lambda r: r["endpoint_loss"])
+    ends = (f"the endpoints' test loss differs by up to {pct(hi['endpoint_loss'] / lo['endpoint_loss'] - 1)} between widths "
+            f"({lo['endpoint_loss']:.3g} at width {lo['width']}, {hi['endpoint_loss']:.3g} at width {hi['width']})")
+    return f"**{group}:** " + "; ".join([*said, curve, ends]) + "."
 
 
 def removed(barriers: dict, key: str) -> str:
@@ -1122,9 +1127,9 @@ def write_width_report(sweep_dir: Path, folders: list[Path], out: Path) -> Path:
               f"correction of interpolated networks, Jordan et al. 2023, reduces to this reset of the statistics); weight matching's convergence "
               f"(its coordinate descent stopped with no unit moving) is in each table.", ""]
     for group, members in rows.items():
-        header = ["width", "pairs", "endpoints' test loss", "segment barrier", "aligned (activations)", "removed",
+        header = ["width", "pairs", "endpoints' epochs", "endpoints' test loss", "segment barrier", "aligned (activations)", "removed",
                   "aligned (weights)", "removed", "weight matching converged", "curve barrier", "curves low-loss"]
-        cells = [[r["width"], r["n_pairs"], with_se(r["endpoint_loss"], r["endpoint_loss_se"]),
+        cells = [[r["width"], r["n_pairs"], ", ".join(map(str, r["epochs"])), with_se(r["endpoint_loss"], r["endpoint_loss_se"]),
                   with_se(*r["barriers"]["segment"], True),
                   *[item for key in ("activations", "weights") for item in
                     ((with_se(*r["barriers"][key], True) if key in r["barriers"] else "–"), removed(r["barriers"], key))],

@@ -162,6 +162,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widths", type=cli.positive_int, nargs="+", default=None, metavar="W",
                    help="a width sweep instead of one study: the groups' endpoints, curves and evaluations (the aligned segment "
                         "by both matchers) at each width W, each in <out>/width<W>, then the sweep's report (default: no sweep)")
+    p.add_argument("--width-epochs", type=width_epochs, nargs="+", default=None, metavar="W=E",
+                   help="with --widths: train the endpoints of width W for E epochs (every group's) instead of --epochs, "
+                        "so that wider autoencoders, which learn slower, reach a loss comparable to the narrow ones' "
+                        "(default: the same epochs at every width)")
     p.add_argument("--align", choices=cli.ALIGN_METHODS, default=None, help=preset_help(
         "align", "how the aligned segments and aligned curves match B's units to A's (eval_curve.py --align)"))
     cli.add_device_arg(p)
@@ -177,6 +181,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-cpus", type=cli.positive_int, default=None, metavar="N",
                    help="with --executor ray and no --ray-address: CPUs of the local Ray instance (default: every core)")
     return p.parse_args(argv)
+
+
+def width_epochs(text: str) -> tuple[int, int]:
+    """One --width-epochs item, W=E with both positive integers, as (W, E)."""
+    try:
+        width, epochs = (int(x) for x in text.split("="))
+        if width > 0 and epochs > 0:
+            return width, epochs
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not W=E (a width and its epochs, both positive integers, e.g. 64=32)")
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
@@ -200,6 +215,11 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings["simplex"] = settings["simplex"] and not args.no_simplex
     if settings["widths"] and (len(set(settings["widths"])) != len(settings["widths"]) or args.width is not None):
         raise UserError(f"--widths {' '.join(map(str, settings['widths']))}: give each width once, and no --width beside it")
+    settings["width_epochs"] = dict(args.width_epochs or [])
+    strays = sorted(set(settings["width_epochs"]) - set(settings["widths"] or []))
+    if strays or len(settings["width_epochs"]) != len(args.width_epochs or []):
+        raise UserError("--width-epochs " + (f"names width {', '.join(map(str, strays))}, which is not in --widths" if strays else
+                        "names a width twice") + "; give W=E only for widths of --widths, each once")
     if len(settings["seeds"]) < 2:
         raise UserError("a study needs at least 2 seeds per group to form a pair; pass --seeds 0 1 2")
     if len(set(settings["seeds"])) != len(settings["seeds"]):
@@ -576,7 +596,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 # What a width sweep runs at each width: endpoints, curves, and their evaluations with the aligned segment by each matcher
 WIDTH_SWEEP = {"plane": False, "function_space": False, "ensembles": False, "simplex": False, "arclength": False,
-               "aligned_curves": False, "probe": False, "aligned": True, "align_both": True, "widths": None}
+               "aligned_curves": False, "probe": False, "aligned": True, "align_both": True, "widths": None, "width_epochs": {}}
 
 
 def run_widths(args: argparse.Namespace, settings: dict, device: torch.device, pool) -> Path:
@@ -584,7 +604,8 @@ def run_widths(args: argparse.Namespace, settings: dict, device: torch.device, p
     that adding a width runs only its steps), then the sweep's report of all of them (report.write_width_report)."""
     out = Path(args.out)
     folders = [run(argparse.Namespace(**{**vars(args), "out": str(out / f"width{width}"), "report": None}),
-                   {**settings, **WIDTH_SWEEP, "width": width}, device, pool).parent for width in settings["widths"]]
+                   {**settings, **WIDTH_SWEEP, "width": width, "epochs": settings["width_epochs"].get(width, settings["epochs"])},
+                   device, pool).parent for width in settings["widths"]]
     path = report.write_width_report(out, folders, Path(args.report) if args.report else out / "report.md")
     print(f"\nwidth sweep complete: read {path}")
     return path

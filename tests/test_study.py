@@ -263,25 +263,37 @@ def test_a_width_sweep_reports_one_row_per_width_from_its_evaluations_and_a_new_
         weights = [read_result(p, ("aemc-eval-v1",)) for p in sorted((folder / "curves").glob("*-bezier.eval-weights.json"))]
         assert len(evals) == len(weights) == 1 and {e["model"]["width"] for e in evals + weights} == {int(row[0])}
         mean = lambda es, path: sum(e["paths"][path]["summary"]["test_loss"]["barrier_rel"] for e in es) / len(es)  # noqa: E731
-        assert row[3].startswith(report_module.pct(mean(evals, "segment")))
-        assert row[4].startswith(report_module.pct(mean(evals, "aligned_segment")))  # activation matching, the default
-        assert row[6].startswith(report_module.pct(mean(weights, "aligned_segment")))
+        assert row[2] == "1"  # --epochs at every width
+        assert row[4].startswith(report_module.pct(mean(evals, "segment")))
+        assert row[5].startswith(report_module.pct(mean(evals, "aligned_segment")))  # activation matching, the default
+        assert row[7].startswith(report_module.pct(mean(weights, "aligned_segment")))
         assert {e["alignment"]["method"] for e in weights} == {"weight matching"}
-        assert row[8] == f"{sum(e['alignment']['converged'] for e in weights)} of 1"
+        assert row[9] == f"{sum(e['alignment']['converged'] for e in weights)} of 1"
     assert (tmp_path / "sweep" / "figures" / "widths_mse.png").stat().st_size > 1000
     assert "aligned barrier" in path.read_text() and "width 2" in path.read_text()
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").rglob("*.pt")}
-    run_study.main([*args, "--widths", "2", "4", "8"])
+    run_study.main([*args, "--widths", "2", "4", "8", "--width-epochs", "8=2"])  # width 8 trained longer
     ran = ran_steps(capsys)
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # widths 2 and 4: nothing retrained or refitted
     assert {p.relative_to(tmp_path / "sweep").parts[0] for p in (tmp_path / "sweep").rglob("*.pt")} == {"width2", "width4", "width8"}
     assert len(ran) == 2 + 1 + 1 + 1 + 1  # width 8's endpoints, curve, evaluations by both matchers, figures: nothing else
-    assert [r[0] for r in width_table((tmp_path / "sweep" / "report.md").read_text(), "mse")] == ["2", "4", "8"]
+    rows = width_table((tmp_path / "sweep" / "report.md").read_text(), "mse")
+    assert [(r[0], r[2]) for r in rows] == [("2", "1"), ("4", "1"), ("8", "2")]
+    assert {json.loads(p.read_text())["config"]["epochs"] for p in (tmp_path / "sweep" / "width8" / "ae").glob("*.json")} == {2}
     again = report_module.main(["--study", str(tmp_path / "sweep"), "--out", str(tmp_path / "again.md")])  # report.py on a sweep
     assert again.read_text() == (tmp_path / "sweep" / "report.md").read_text().replace("](", "](sweep/")  # links from its folder
     for bad in (["--widths", "2", "2"], ["--widths", "2", "4", "--width", "8"]):
         with pytest.raises(UserError, match="give each width once, and no --width beside it"):
             run_study.main([*args, *bad])
+    for bad, why in ((["--widths", "2", "--width-epochs", "4=2"], "names width 4, which is not in --widths"),
+                     (["--width-epochs", "4=2"], "names width 4, which is not in --widths"),
+                     (["--widths", "2", "--width-epochs", "2=2", "2=3"], "names a width twice")):
+        with pytest.raises(UserError, match=why):
+            run_study.main([*args, *bad])
+    for bad in ("8", "8=0", "8=x"):
+        with pytest.raises(SystemExit):
+            run_study.parse_args(["--widths", "8", "--width-epochs", bad])
+    assert "is not W=E" in capsys.readouterr().err
 
 
 def test_full_preset_without_celeba_root_is_refused():
