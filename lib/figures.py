@@ -120,8 +120,10 @@ def draw_widths(group: str, rows: list[dict]):
             ax.errorbar(x, [100 * v for v in y], yerr=[200 * (e or 0) for e in se], color=colour, ls=style, marker=marker,
                         capsize=3, label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(widths, [str(w) for w in widths])
-    ax.set_xlabel("width (channels of the first layer)")
+    epochs = [", ".join(map(str, r.get("epochs") or [])) for r in rows]
+    mixed = len(set(epochs)) > 1  # --width-epochs: each width's training budget under its tick
+    ax.set_xticks(widths, [f"{w}\n{e} epochs" if mixed else str(w) for w, e in zip(widths, epochs)])
+    ax.set_xlabel("width (channels of the first layer)" + (", endpoints' epochs" if mixed else ""))
     ax.set_ylabel("relative test barrier (%)")
     ax.set_title(f"{group} autoencoders: barrier against width (mean over pairs, ± 2 SE)", fontsize=10)
     ax.axhline(0, color="0.6", lw=0.8)
