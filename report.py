@@ -1083,19 +1083,26 @@ def width_sentence(group: str, rows: list[dict]) -> str:
     first, last = rows[0], rows[-1]
     said = []
     for key in ("activations", "weights"):
-        if key in first["barriers"] and key in last["barriers"]:
+        matcher = f"with {key[:-1]} matching the aligned barrier"
+        if len(rows) == 1 and key in first["barriers"]:
+            said.append(f"{matcher} is {with_se(*first['barriers'][key], True)} (one width, {first['width']}: no trend to read)")
+        elif key in first["barriers"] and key in last["barriers"]:
             (a, a_se), (b, b_se) = first["barriers"][key], last["barriers"][key]
             se = math.hypot(a_se or 0, b_se or 0)
             trend = "shrinks" if b < a - SIGNIFICANCE * se else "grows" if b > a + SIGNIFICANCE * se else "does not change beyond 2 SE"
-            said.append(f"with {key[:-1] if key.endswith('s') else key} matching the aligned barrier {trend} with width "
-                        f"({with_se(a, a_se, True)} at width {first['width']}, {with_se(b, b_se, True)} at width {last['width']})")
+            lowest = min((r for r in rows if key in r["barriers"]), key=lambda r: r["barriers"][key][0])
+            (low, low_se), (end, end_se) = lowest["barriers"][key], min((a, a_se), (b, b_se))
+            bumpy = lowest not in (first, last) and low < end - SIGNIFICANCE * math.hypot(low_se or 0, end_se or 0)
+            said.append(f"{matcher} {trend} with width ({with_se(a, a_se, True)} at width {first['width']}, {with_se(b, b_se, True)} "
+                        f"at width {last['width']}" + (f"; not monotonic, lowest at width {lowest['width']}: "
+                                                       f"{with_se(*lowest['barriers'][key], True)}" if bumpy else "") + ")")
     low = all(r["n_low_loss"] == r["n_pairs"] for r in rows)
     curve = (f"the curve stays low at every width (worst excess over the worse end {pct(max(r['worst_excess'] for r in rows))})" if low
              else "the curve is not low-loss at width " + ", ".join(str(r["width"]) for r in rows if r["n_low_loss"] < r["n_pairs"]))
     lo, hi = min(rows, key=lambda r: r["endpoint_loss"]), max(rows, key=lambda r: r["endpoint_loss"])
     ends = (f"the endpoints' test loss differs by up to {pct(hi['endpoint_loss'] / lo['endpoint_loss'] - 1)} between widths "
             f"({lo['endpoint_loss']:.3g} at width {lo['width']}, {hi['endpoint_loss']:.3g} at width {hi['width']})")
-    return f"**{group}:** " + "; ".join([*said, curve, ends]) + "."
+    return f"**{group}:** " + "; ".join([*said, curve, *([ends] if len(rows) > 1 else [])]) + "."
 
 
 def removed(barriers: dict, key: str) -> str:

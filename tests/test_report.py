@@ -545,3 +545,21 @@ def test_the_two_sentences_say_partly_and_name_the_groups():
     assert "| mse | partly connected | 2 |" in text and "| perceptual | connected; segment barrier | 1 |" in text
     one = report.answer_summary(evals[2:])
     assert "close the gap in the perceptual group" in one and "Only the perceptual group was evaluated" in one and "highest" not in one
+
+
+def test_the_width_sentence_reads_the_trend_and_a_significant_dip_but_not_noise():
+    def row(width, act, weights, se=0.02, low=3):
+        return {"width": width, "barriers": {"activations": (act, se), "weights": (weights, se)}, "n_pairs": 3,
+                "n_low_loss": low, "worst_excess": 0.01, "endpoint_loss": 0.01 * (1 + width / 64)}
+    # activations: 1.0 -> 0.5 (dip, 17 SE) -> 4.0 grows; weights: 1.0 -> 0.98 (within 1 SE) -> 2.0 grows
+    text = report.width_sentence("mse", [row(64, 4.0, 2.0), row(8, 1.0, 1.0), row(16, 0.5, 0.98)])
+    act, weights = text.split("; with weight matching")
+    assert "aligned barrier grows with width (100.0% ± 2.0% at width 8, 400.0% ± 2.0% at width 64" in act
+    assert "not monotonic, lowest at width 16: 50.0% ± 2.0%" in act
+    assert "grows with width" in weights and "not monotonic" not in weights
+    assert "the curve stays low at every width" in text and "differs by up to 77.8% between widths" in text  # 0.02 / 0.01125
+    shrinking = report.width_sentence("mse", [row(8, 3.0, 3.0), row(64, 1.0, 2.99, low=2)])
+    assert "activation matching the aligned barrier shrinks" in shrinking and "does not change beyond 2 SE" in shrinking
+    assert "the curve is not low-loss at width 64" in shrinking
+    one = report.width_sentence("mse", [row(32, 4.0, 2.0)])
+    assert "no trend to read" in one and "differs" not in one and "grows" not in one
