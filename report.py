@@ -27,7 +27,7 @@ from lib import cli
 from lib.figures import plane_label
 from lib.training import CONVERGED_DROP, mean_and_se, pair_label
 from lib.files import (CURVE_FORMAT, ENSEMBLE_FORMAT, EVAL_FORMAT, FUNCTION_SPACE_FORMAT, PLANE_FORMAT, SIMPLEX_FORMAT, UserError, file_sha256,
-                       atomic_write, load_checkpoint, read_result)
+                       atomic_write, ensure_dir, load_checkpoint, read_result)
 
 # A curve is low-loss if its max test loss is at most this fraction above the worse endpoint's.
 CURVE_EXCESS = 0.10
@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
     p.add_argument("--study", required=True, help="study folder written by run_study.py, or a width sweep's (run_study.py --widths)")
     p.add_argument("--out", default=None, help="report file (default: <study>/report.md)")
+    p.add_argument("--widths-from", nargs="+", default=None, metavar="DIR",
+                   help="a width sweep's report from these studies of one width each (<sweep>/width<W> folders, of one sweep "
+                        "or of several, e.g. the widths trained for the same epochs in two sweeps); --study is the folder "
+                        "it and its figures go to (created if missing)")
     return p.parse_args(argv)
 
 
@@ -1153,6 +1157,17 @@ def write_width_report(sweep_dir: Path, folders: list[Path], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     study_dir = Path(args.study)
+    if args.widths_from:
+        folders = [Path(d) for d in args.widths_from]
+        for folder in folders:
+            if not (folder / "study.json").is_file():
+                raise UserError(f"{folder} holds no study.json; give the width<W> folders of a sweep (run_study.py --widths)")
+        widths = [read_json(f / "study.json", "run_study.py")["settings"]["width"] for f in folders]
+        if len(set(widths)) != len(widths):
+            raise UserError(f"--widths-from has two studies of width {max(widths, key=widths.count)}; give one study per width")
+        out = write_width_report(ensure_dir(study_dir), folders, Path(args.out) if args.out else study_dir / "report.md")
+        print(f"wrote {out}")
+        return out
     if not study_dir.is_dir():
         raise UserError(f"study folder {study_dir} does not exist; run run_study.py first or check --study")
     widths = sorted((p.parent for p in study_dir.glob("width*/study.json") if p.parent.name[len("width"):].isdigit()),

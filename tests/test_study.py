@@ -282,6 +282,14 @@ def test_a_width_sweep_reports_one_row_per_width_from_its_evaluations_and_a_new_
     assert {json.loads(p.read_text())["config"]["epochs"] for p in (tmp_path / "sweep" / "width8" / "ae").glob("*.json")} == {2}
     again = report_module.main(["--study", str(tmp_path / "sweep"), "--out", str(tmp_path / "again.md")])  # report.py on a sweep
     assert again.read_text() == (tmp_path / "sweep" / "report.md").read_text().replace("](", "](sweep/")  # links from its folder
+    sweep = tmp_path / "sweep"
+    mixed = report_module.main(["--study", str(tmp_path / "mixed"), "--widths-from", str(sweep / "width8"), str(sweep / "width2")])
+    assert [(r[0], r[2]) for r in width_table(mixed.read_text(), "mse")] == [("2", "1"), ("8", "2")]
+    assert [r[4:] for r in width_table(mixed.read_text(), "mse")] == [r[4:] for r in rows if r[0] in ("2", "8")]
+    assert (tmp_path / "mixed" / "figures" / "widths_mse.png").is_file()
+    for bad, why in (([sweep / "width2", sweep / "width2"], "two studies of width 2"), ([sweep], "holds no study.json")):
+        with pytest.raises(UserError, match=why):
+            report_module.main(["--study", str(tmp_path / "bad"), "--widths-from", *map(str, bad)])
     for bad in (["--widths", "2", "2"], ["--widths", "2", "4", "--width", "8"]):
         with pytest.raises(UserError, match="give each width once, and no --width beside it"):
             run_study.main([*args, *bad])
